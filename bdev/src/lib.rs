@@ -1,0 +1,1 @@
+//! vmpath-bdev (skeleton; being built).

@@ -1,0 +1,1 @@
+//! Benchmarks for vmpath's data-path components.

@@ -1,0 +1,1 @@
+//! vmpath-config (skeleton; being built).

@@ -1,0 +1,1 @@
+//! vmpath-mgmt (skeleton; being built).

@@ -1,0 +1,1 @@
+//! nvme_paths (skeleton; being built).

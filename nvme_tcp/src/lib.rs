@@ -1,0 +1,1 @@
+//! nvme-tcp (skeleton; being built).

@@ -1,0 +1,1 @@
+//! vmpath-runtime (skeleton; being built).

@@ -1,0 +1,1 @@
+//! vmpath-tests (skeleton; being built).
