@@ -460,7 +460,8 @@ pub fn validate(info: &BdevInfo, req: &IoRequest) -> Result<(), IoError> {
         for v in &req.iovs {
             sg += v.len;
             if info.buf_align > 1
-                && (v.base as usize % info.buf_align != 0 || v.len % info.buf_align != 0)
+                && (!(v.base as usize).is_multiple_of(info.buf_align)
+                    || !v.len.is_multiple_of(info.buf_align))
             {
                 return Err(IoError::Misaligned {
                     align: info.buf_align,

@@ -56,11 +56,7 @@ impl SimDevice {
     #[inline]
     pub fn cost_ns(&self, bytes: u64) -> u64 {
         let p = &self.params;
-        let by_iops = if p.max_iops > 0 {
-            1_000_000_000 / p.max_iops
-        } else {
-            0
-        };
+        let by_iops = 1_000_000_000u64.checked_div(p.max_iops).unwrap_or(0);
         let by_bw = if p.max_bw_bytes > 0 {
             ((bytes as u128 * 1_000_000_000) / p.max_bw_bytes as u128) as u64
         } else {

@@ -29,7 +29,8 @@ pub fn run_to_completion(
     loop {
         match chan.submit(req) {
             Ok(()) => break,
-            Err(e) if e.reason == SubmitErrorKind::QueueFull => {
+            Err(e) => {
+                debug_assert_eq!(e.reason, SubmitErrorKind::QueueFull);
                 req = e.req;
                 chan.poll(clock(), others);
                 polls += 1;
@@ -37,7 +38,6 @@ pub fn run_to_completion(
                     return Err(SyncIoError::Stuck(tag, polls));
                 }
             }
-            Err(e) => unreachable!("unknown submit error {:?}", e.reason),
         }
     }
     let mut result = None;
@@ -53,7 +53,7 @@ pub fn run_to_completion(
         if polls > MAX_POLLS {
             return Err(SyncIoError::Stuck(tag, polls));
         }
-        if result.is_none() && polls % 1024 == 0 {
+        if result.is_none() && polls.is_multiple_of(1024) {
             std::thread::yield_now();
         }
     }
