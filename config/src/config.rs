@@ -1,0 +1,269 @@
+//! The daemon's whole configuration: [`Config`] and its sections.
+//!
+//! Adding a section (NVMe/TCP subsystems, VMs, vhost disks, ...) means: a new field on
+//! [`Config`] with `#[serde(default)]`, the same field on the loader's raw mirror
+//! (`load::RawConfig`), and its checks in [`Config::check`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bdev::{BdevConfig, MallocBdevParams, NullBdevParams};
+use crate::cpumask::{parse_cpumask, MAX_CORES};
+use crate::error::{ConfigError, KeyPath, ParamError};
+
+/// Default path of the JSON-RPC Unix socket.
+pub const DEFAULT_RPC_SOCKET: &str = "/var/tmp/vmpath.sock";
+/// Default idle spell, in microseconds, after which a reactor goes to sleep.
+pub const DEFAULT_IDLE_SLEEP_US: u64 = 200;
+/// Largest accepted `reactors.idle_sleep_us` (10 s).
+pub const MAX_IDLE_SLEEP_US: u64 = 10_000_000;
+/// Longest Unix socket path (`sun_path` holds 108 bytes including the final NUL).
+pub const MAX_SOCKET_PATH_LEN: usize = 107;
+
+/// The whole daemon configuration (one TOML file).
+///
+/// ```toml
+/// [reactors]
+/// cpumask = "0x3"
+/// [rpc]
+/// socket = "/var/tmp/vmpath.sock"
+/// [[bdev]]
+/// type = "malloc"
+/// name = "Malloc0"
+/// num_blocks = 16384
+/// block_size = 4096
+/// ```
+///
+/// `Default` gives an empty config (no bdevs); [`Config::default_builtin`] gives the one
+/// the daemon runs when started without a file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "crate::load::RawConfig")]
+pub struct Config {
+    /// Reactor (poller thread) placement and idle behaviour: `[reactors]`.
+    pub reactors: ReactorsConfig,
+    /// Management socket: `[rpc]`.
+    pub rpc: RpcConfig,
+    /// Block devices, in creation order: `[[bdev]]` tables.
+    #[serde(rename = "bdev", skip_serializing_if = "Vec::is_empty")]
+    pub bdevs: Vec<BdevConfig>,
+}
+
+/// `[reactors]`: which cores run a reactor and when an idle reactor sleeps.
+///
+/// At most one of `cpumask` and `cores` may be set; with neither, the daemon runs one
+/// reactor on each core of the CPU set it was started with (`taskset -c 0 vmpathd` runs
+/// one reactor on core 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactorsConfig {
+    /// SPDK-style mask, `"0x3"` or `"[0,2-3]"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpumask: Option<String>,
+    /// Explicit list of cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<Vec<usize>>,
+    /// Idle spell in microseconds after which a reactor sleeps until woken (default 200).
+    #[serde(default = "default_idle_sleep_us")]
+    pub idle_sleep_us: u64,
+}
+
+impl Default for ReactorsConfig {
+    fn default() -> Self {
+        ReactorsConfig {
+            cpumask: None,
+            cores: None,
+            idle_sleep_us: DEFAULT_IDLE_SLEEP_US,
+        }
+    }
+}
+
+impl ReactorsConfig {
+    /// The cores selected by `cpumask` or `cores`, sorted and distinct, or `None` when
+    /// neither is set (use the process CPU set).
+    pub fn core_list(&self) -> Result<Option<Vec<usize>>, ParamError> {
+        match (&self.cpumask, &self.cores) {
+            (Some(_), Some(_)) => Err(ParamError::new(
+                "cores",
+                "set either `cpumask` or `cores`, not both",
+            )),
+            (Some(mask), None) => parse_cpumask(mask)
+                .map(Some)
+                .map_err(|e| ParamError::new("cpumask", e.to_string())),
+            (None, Some(cores)) => {
+                if cores.is_empty() {
+                    return Err(ParamError::new("cores", "must name at least one core"));
+                }
+                let mut sorted = cores.clone();
+                sorted.sort_unstable();
+                if let Some(&core) = sorted.iter().find(|&&c| c >= MAX_CORES) {
+                    return Err(ParamError::new(
+                        "cores",
+                        format!("core {core} is out of range (max {})", MAX_CORES - 1),
+                    ));
+                }
+                if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(ParamError::new(
+                        "cores",
+                        format!("core {} is listed twice", w[0]),
+                    ));
+                }
+                Ok(Some(sorted))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ParamError> {
+        self.core_list()?;
+        if self.idle_sleep_us > MAX_IDLE_SLEEP_US {
+            return Err(ParamError::new(
+                "idle_sleep_us",
+                format!(
+                    "must be at most {MAX_IDLE_SLEEP_US} (10 s), got {}",
+                    self.idle_sleep_us
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[rpc]`: where the JSON-RPC server listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcConfig {
+    /// Path of the Unix socket (default `/var/tmp/vmpath.sock`).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            socket: default_socket(),
+        }
+    }
+}
+
+impl RpcConfig {
+    fn validate(&self) -> Result<(), ParamError> {
+        let len = self.socket.as_os_str().len();
+        if len == 0 {
+            return Err(ParamError::new("socket", "must not be empty"));
+        }
+        if len > MAX_SOCKET_PATH_LEN {
+            return Err(ParamError::new(
+                "socket",
+                format!("Unix socket paths are limited to {MAX_SOCKET_PATH_LEN} bytes, got {len}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The built-in config used when the daemon is started without a file: reactors on
+    /// the process CPU set, the default RPC socket, a 64 MiB malloc bdev `Malloc0` with
+    /// 4096-byte blocks and a 1 GiB null bdev `Null0` with 4096-byte blocks.
+    pub fn default_builtin() -> Config {
+        Config {
+            reactors: ReactorsConfig::default(),
+            rpc: RpcConfig::default(),
+            bdevs: vec![
+                BdevConfig::Malloc(MallocBdevParams {
+                    name: "Malloc0".into(),
+                    uuid: None,
+                    num_blocks: (64 << 20) / 4096,
+                    block_size: 4096,
+                    latency_us: 0,
+                    max_iops: 0,
+                    max_bw_mbps: 0,
+                }),
+                BdevConfig::Null(NullBdevParams {
+                    name: "Null0".into(),
+                    uuid: None,
+                    num_blocks: (1 << 30) / 4096,
+                    block_size: 4096,
+                    latency_us: 0,
+                    max_iops: 0,
+                    max_bw_mbps: 0,
+                }),
+            ],
+        }
+    }
+
+    /// Reads and checks a config file. Errors name the file, the key path, the line and
+    /// column, and what is wrong.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks a config text; `origin` names it in errors (usually the file name).
+    pub fn from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        crate::load::parse(text, origin)
+    }
+
+    /// Writes the config as TOML; [`Config::from_str`] of the result gives back `self`.
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        let body = toml::to_string(self)?;
+        Ok(format!(
+            "# vmpathd configuration (written by vmpath {})\n\n{body}",
+            env!("CARGO_PKG_VERSION")
+        ))
+    }
+
+    /// Checks a config built in code (e.g. before `save_config`); `origin` names it in errors.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        self.check().map_err(|(key, message)| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_string(),
+            location: None,
+            message,
+        })
+    }
+
+    /// The bdev named `name`, if any.
+    pub fn bdev(&self, name: &str) -> Option<&BdevConfig> {
+        self.bdevs.iter().find(|b| b.name() == name)
+    }
+
+    /// Semantic checks; the error is the key path of the bad field and the message.
+    pub(crate) fn check(&self) -> Result<(), (KeyPath, String)> {
+        let root = KeyPath::root();
+        let in_section = |section: &str, e: ParamError| (root.key(section).key(e.field), e.message);
+        self.reactors
+            .validate()
+            .map_err(|e| in_section("reactors", e))?;
+        self.rpc.validate().map_err(|e| in_section("rpc", e))?;
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, bdev) in self.bdevs.iter().enumerate() {
+            let at = root.key("bdev").index(i);
+            bdev.validate().map_err(|e| (at.key(e.field), e.message))?;
+            if let Some(first) = names.insert(bdev.name(), i) {
+                return Err((
+                    at.key("name"),
+                    format!(
+                        "duplicate bdev name {:?} (already used by bdev[{first}])",
+                        bdev.name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_idle_sleep_us() -> u64 {
+    DEFAULT_IDLE_SLEEP_US
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_RPC_SOCKET)
+}
