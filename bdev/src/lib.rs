@@ -523,3 +523,16 @@ pub fn uuid_string(u: &[u8; 16]) -> String {
         h[10..16].concat()
     )
 }
+
+/// Parses an 8-4-4-4-12 hex UUID string (hyphens optional).
+pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut u = [0u8; 16];
+    for (i, b) in u.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(u)
+}

@@ -51,6 +51,12 @@ impl NullBdev {
         })
     }
 
+    /// Replaces the identifier derived from the name (e.g. with a configured UUID).
+    pub fn with_uuid(mut self, uuid: [u8; 16]) -> Self {
+        self.info.uuid = uuid;
+        self
+    }
+
     /// The simulation knobs.
     pub fn sim(&self) -> SimParams {
         self.sim.params()
