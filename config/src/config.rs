@@ -2,7 +2,7 @@
 //!
 //! Adding a section (NVMe/TCP subsystems, VMs, vhost disks, ...) means: a new field on
 //! [`Config`] with `#[serde(default)]`, the same field on the loader's raw mirror
-//! (`load::RawConfig`), and its checks in [`Config::check`].
+//! (`load::RawConfig`), and its checks in `Config::check`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
