@@ -1,0 +1,189 @@
+//! Daemon life cycle: start from a config, serve, shut down cleanly.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vmpath_bdev::BdevRegistry;
+use vmpath_config::Config;
+use vmpath_mgmt::{EventBus, RpcServer, ServerOptions};
+use vmpath_runtime::{ReactorHandle, Runtime, RuntimeConfig};
+
+use crate::rpc::Handler;
+
+/// Errors starting the daemon. Each says what failed and why.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The config is inconsistent.
+    #[error(transparent)]
+    Config(#[from] vmpath_config::ConfigError),
+    /// Reactors could not be started.
+    #[error("starting reactors: {0}")]
+    Runtime(#[from] vmpath_runtime::RuntimeError),
+    /// A configured block device could not be created.
+    #[error("creating bdev {name}: {source}")]
+    Bdev {
+        /// The bdev's name.
+        name: String,
+        /// Why.
+        #[source]
+        source: vmpath_bdev::BdevError,
+    },
+    /// The RPC socket could not be served.
+    #[error("serving JSON-RPC on {path}: {source}")]
+    Rpc {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: vmpath_mgmt::ServerError,
+    },
+}
+
+/// Overrides applied on top of the config (command-line flags).
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// Reactor cores (`-m`), replacing `[reactors]` core selection.
+    pub cores: Option<Vec<usize>>,
+    /// RPC socket path (`-r`).
+    pub rpc_socket: Option<PathBuf>,
+    /// Pin reactor threads (off in some tests).
+    pub no_pin: bool,
+}
+
+/// State shared by the RPC handler and the daemon.
+pub struct State {
+    /// Block devices by name.
+    pub bdevs: BdevRegistry,
+    /// The config that rebuilds the current state (kept up to date by every RPC that changes
+    /// state; `save_config` writes it).
+    pub config: Mutex<Config>,
+    /// Reactor handles, by reactor id.
+    pub reactors: Vec<ReactorHandle>,
+    /// Management events.
+    pub events: Arc<EventBus>,
+    /// When the daemon started.
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("reactors", &self.reactors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    state: Arc<State>,
+    runtime: Option<Runtime>,
+    rpc: Option<RpcServer>,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts reactors, creates the configured objects and serves RPC.
+    pub fn start(mut config: Config, opts: DaemonOptions) -> Result<Daemon, DaemonError> {
+        if let Some(cores) = &opts.cores {
+            config.reactors.cpumask = None;
+            config.reactors.cores = Some(cores.clone());
+        }
+        if let Some(sock) = &opts.rpc_socket {
+            config.rpc.socket = sock.clone();
+        }
+        config.validate("command line")?;
+        let cores =
+            config
+                .reactors
+                .core_list()
+                .map_err(|e| vmpath_config::ConfigError::Invalid {
+                    origin: "config".into(),
+                    key: format!("reactors.{}", e.field),
+                    location: None,
+                    message: e.message,
+                })?;
+        let runtime = Runtime::start(RuntimeConfig {
+            cores,
+            idle_sleep_ns: config.reactors.idle_sleep_us.saturating_mul(1000),
+            pin: !opts.no_pin,
+            ..RuntimeConfig::default()
+        })?;
+        let bdevs = BdevRegistry::new();
+        for b in &config.bdevs {
+            let dev = crate::bdevs::build(b).map_err(|source| DaemonError::Bdev {
+                name: b.name().to_string(),
+                source,
+            })?;
+            bdevs.insert(dev).map_err(|e| DaemonError::Bdev {
+                name: b.name().to_string(),
+                source: vmpath_bdev::BdevError::InvalidParam {
+                    param: "name",
+                    msg: e.to_string(),
+                },
+            })?;
+            tracing::info!(bdev = b.name(), kind = %b.kind(), "bdev created");
+        }
+        let socket = config.rpc.socket.clone();
+        let state = Arc::new(State {
+            bdevs,
+            config: Mutex::new(config),
+            reactors: runtime.handles().to_vec(),
+            events: Arc::new(EventBus::new(4096)),
+            started: Instant::now(),
+        });
+        let handler = Arc::new(Handler::new(state.clone()));
+        let rpc = RpcServer::bind_with(
+            &socket,
+            handler,
+            ServerOptions {
+                events: Some(state.events.clone()),
+                ..ServerOptions::default()
+            },
+        )
+        .map_err(|source| DaemonError::Rpc {
+            path: socket.clone(),
+            source,
+        })?;
+        tracing::info!(socket = %socket.display(), reactors = state.reactors.len(), "vmpathd ready");
+        Ok(Daemon {
+            state,
+            runtime: Some(runtime),
+            rpc: Some(rpc),
+            socket,
+        })
+    }
+
+    /// Shared state (for tests and embedding).
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// The RPC socket path.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// Stops serving RPC, lets in-flight I/O finish and stops the reactors.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(rpc) = self.rpc.take() {
+            rpc.shutdown();
+        }
+        if let Some(rt) = self.runtime.take() {
+            let t0 = Instant::now();
+            rt.shutdown();
+            tracing::info!(took = ?t0.elapsed().max(Duration::ZERO), "reactors stopped");
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
