@@ -35,6 +35,7 @@ pub mod null;
 mod registry;
 pub mod sim;
 pub mod sync;
+pub mod uring;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
