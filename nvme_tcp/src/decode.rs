@@ -101,7 +101,7 @@ pub struct Step<'a> {
 }
 
 /// What the common header told about the PDU being received.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct HdrInfo {
     ty: u8,
     flags: u8,
@@ -140,6 +140,27 @@ pub struct Decoder {
     crc: u32,
     dig: [u8; DIGEST_LEN],
     dig_have: usize,
+    /// Per PDU type (low 4 bits): what a well-formed header of the fast path
+    /// looks like under the current session and limits.
+    rules: [Rule; 16],
+    /// Bitmap of PDO values aligned to the receive PDA.
+    pdo_ok: [u64; 4],
+}
+
+/// Fast-path expectations for one PDU type (see [`Decoder::check_ch_fast`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Rule {
+    /// The type is accepted in the current phase and direction.
+    fast: bool,
+    hlen: u8,
+    /// HLEN plus header digest.
+    full: u8,
+    /// The type may carry data.
+    data: bool,
+    /// Flag bits that must equal `fixed_val`: invalid bits and HDGSTF.
+    fixed_mask: u8,
+    fixed_val: u8,
+    max_data: u32,
 }
 
 #[inline(always)]
@@ -151,6 +172,8 @@ fn le32(b: &[u8], o: usize) -> u32 {
     nvme_spec::bytes::get(b, o)
 }
 
+#[cold]
+#[inline(never)]
 const fn invalid(offset: u32, what: &'static str) -> ProtocolError {
     ProtocolError::InvalidHeaderField { offset, what }
 }
@@ -174,7 +197,57 @@ impl Decoder {
             crc: 0,
             dig: [0; DIGEST_LEN],
             dig_have: 0,
+            rules: [Rule::default(); 16],
+            pdo_ok: [0; 4],
         }
+        .rebuilt()
+    }
+
+    fn rebuilt(mut self) -> Self {
+        self.rebuild();
+        self
+    }
+
+    /// Recomputes the fast-path rules after a change of session, limits or phase.
+    fn rebuild(&mut self) {
+        self.rules = [Rule::default(); 16];
+        let align = pda_alignment(self.session.rx_pda.min(MAX_PDA));
+        self.pdo_ok = [0; 4];
+        for pdo in (0..256).step_by(align) {
+            self.pdo_ok[pdo >> 6] |= 1 << (pdo & 63);
+        }
+        if !self.ic_done {
+            return;
+        }
+        let types: &[PduType] = match self.cfg.role {
+            Role::Controller => &[PduType::CapsuleCmd, PduType::H2CData],
+            Role::Host => &[PduType::CapsuleResp, PduType::C2HData, PduType::R2T],
+        };
+        let hd = self.session.header_digest;
+        for &ty in types {
+            let hlen = ty.hlen() as u8;
+            let data = ty.has_pdu_data();
+            let variable = flags::DDGSTF | flags::LAST_PDU | flags::SUCCESS;
+            self.rules[ty as usize] = Rule {
+                fast: true,
+                hlen,
+                full: hlen + if hd { DIGEST_LEN as u8 } else { 0 },
+                data,
+                fixed_mask: !(ty.valid_flags() & variable),
+                fixed_val: if hd { flags::HDGSTF } else { 0 },
+                max_data: match ty {
+                    PduType::CapsuleCmd => self.cfg.max_incapsule_data,
+                    PduType::H2CData => self.cfg.max_h2c_data,
+                    PduType::C2HData => self.cfg.max_c2h_data,
+                    _ => 0,
+                },
+            };
+        }
+    }
+
+    #[inline(always)]
+    fn pdo_aligned(&self, pdo: u8) -> bool {
+        (self.pdo_ok[(pdo >> 6) as usize] >> (pdo & 63)) & 1 != 0
     }
 
     /// A decoder for an already initialized connection (tests, benchmarks).
@@ -182,6 +255,7 @@ impl Decoder {
         let mut d = Self::new(cfg);
         d.session = session;
         d.ic_done = true;
+        d.rebuild();
         d
     }
 
@@ -189,6 +263,7 @@ impl Decoder {
     /// (controller) or received (host), before feeding further bytes.
     pub fn set_session(&mut self, session: Session) {
         self.session = session;
+        self.rebuild();
     }
 
     /// The session parameters in force.
@@ -205,6 +280,7 @@ impl Decoder {
     /// whether this is an admin or I/O queue).
     pub fn set_config(&mut self, cfg: DecoderConfig) {
         self.cfg = cfg;
+        self.rebuild();
     }
 
     /// True once the ICReq/ICResp has been decoded.
@@ -229,7 +305,106 @@ impl Decoder {
     /// exhausted. After an `Err`, the decoder is failed and returns the same
     /// error forever; terminate the connection (send a TermReq with
     /// [`ProtocolError::fes`] unless it is `None`).
+    #[inline]
     pub fn next<'a>(&mut self, input: &'a [u8]) -> Result<Step<'a>, ProtocolError> {
+        // Fast path: at a PDU boundary with a whole, well-formed header of a
+        // running connection in the input. Anything else (split headers,
+        // data, IC/TermReq, any error) takes the general state machine.
+        if matches!(self.st, St::Header) && self.have == 0 {
+            if let Some(ch) = input.get(..CH_LEN) {
+                if let Some(info) = self.check_ch_fast(ch) {
+                    if let Some(h) = input.get(..info.full as usize) {
+                        if let Some(pdu) = self.parse_fast(h, &info) {
+                            self.enter_data(&info);
+                            return Ok(Step {
+                                consumed: info.full as usize,
+                                event: Some(Event::Header {
+                                    pdu,
+                                    data_len: info.data_len,
+                                }),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        self.next_general(input)
+    }
+
+    /// Parses the PDU-specific header of the hot PDU types when it is
+    /// entirely valid; `None` leaves reporting to [`Decoder::finish_header`].
+    #[inline(always)]
+    fn parse_fast(&self, h: &[u8], info: &HdrInfo) -> Option<Pdu> {
+        let hlen = info.hlen as usize;
+        if info.flags & flags::HDGSTF != 0 && crc32c::crc32c(&h[..hlen]) != le32(h, hlen) {
+            return None;
+        }
+        let reserved_ok = |from: usize| !self.cfg.check_reserved || le32(h, from) == 0;
+        match info.ty {
+            t if t == PduType::CapsuleCmd as u8 => Some(Pdu::CapsuleCmd(CapsuleCmd {
+                sqe: Sqe::from_slice(&h[CH_LEN..CAPSULE_CMD_HLEN])?,
+            })),
+            t if t == PduType::CapsuleResp as u8 => Some(Pdu::CapsuleResp(CapsuleResp {
+                cqe: Cqe::from_slice(&h[CH_LEN..CAPSULE_RESP_HLEN])?,
+            })),
+            t if t == PduType::H2CData as u8 => {
+                let datal = le32(h, 16);
+                (datal == info.data_len && datal != 0 && reserved_ok(20)).then(|| {
+                    Pdu::H2CData(H2CData {
+                        cccid: le16(h, 8),
+                        ttag: le16(h, 10),
+                        datao: le32(h, 12),
+                        datal,
+                        last: info.flags & flags::LAST_PDU != 0,
+                    })
+                })
+            }
+            t if t == PduType::C2HData as u8 => {
+                let datal = le32(h, 16);
+                let rsvd = !self.cfg.check_reserved || le16(h, 10) == 0;
+                (datal == info.data_len && datal != 0 && reserved_ok(20) && rsvd).then(|| {
+                    Pdu::C2HData(C2HData {
+                        cccid: le16(h, 8),
+                        datao: le32(h, 12),
+                        datal,
+                        last: info.flags & flags::LAST_PDU != 0,
+                        success: info.flags & flags::SUCCESS != 0,
+                    })
+                })
+            }
+            t if t == PduType::R2T as u8 => {
+                let r2tl = le32(h, 16);
+                (r2tl != 0 && reserved_ok(20)).then(|| {
+                    Pdu::R2T(R2T {
+                        cccid: le16(h, 8),
+                        ttag: le16(h, 10),
+                        r2to: le32(h, 12),
+                        r2tl,
+                    })
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Sets up the pad/data/digest states for a PDU whose header was accepted.
+    #[inline(always)]
+    fn enter_data(&mut self, info: &HdrInfo) {
+        if info.data_len > 0 {
+            self.pad_left = info.pad as usize;
+            self.data_left = info.data_len;
+            self.data_off = 0;
+            self.ddgst = info.ddgst;
+            self.crc = 0;
+            self.dig_have = 0;
+            self.st = if info.pad > 0 { St::Pad } else { St::Data };
+        }
+    }
+
+    /// The general state machine: split headers, padding, data, digests,
+    /// connection management PDUs and all error reporting.
+    #[inline(never)]
+    fn next_general<'a>(&mut self, input: &'a [u8]) -> Result<Step<'a>, ProtocolError> {
         let mut used = 0usize;
         loop {
             let rest = input.get(used..).unwrap_or(&[]);
@@ -374,11 +549,69 @@ impl Decoder {
     }
 
     /// Validates the common header (type, flags, HLEN, PDO, PLEN).
-    #[inline]
+    #[inline(always)]
     fn check_ch(&self, ch: &[u8]) -> Result<HdrInfo, ProtocolError> {
+        match self.check_ch_fast(ch) {
+            Some(info) => Ok(info),
+            None => self.check_ch_slow(ch),
+        }
+    }
+
+    /// The common case in a few comparisons: a known type of the running
+    /// connection with exactly the expected HLEN, digest flags, PDO and PLEN.
+    /// `None` sends the header through [`Decoder::check_ch_slow`], which
+    /// accepts everything this accepts and names the first bad field
+    /// otherwise.
+    #[inline(always)]
+    fn check_ch_fast(&self, ch: &[u8]) -> Option<HdrInfo> {
+        let (t, fl, hlen, pdo) = (ch[0], ch[1], ch[2], ch[3]);
+        let plen = le32(ch, 4);
+        let r = self.rules[(t & 15) as usize];
+        if t >= 16 || !r.fast || hlen != r.hlen || fl & r.fixed_mask != r.fixed_val {
+            return None;
+        }
+        let full = r.full as u32;
+        let mut info = HdrInfo {
+            ty: t,
+            flags: fl,
+            hlen,
+            full: r.full,
+            pad: 0,
+            data_len: 0,
+            ddgst: false,
+        };
+        if plen == full && pdo == 0 && fl & flags::DDGSTF == 0 {
+            return Some(info);
+        }
+        let ddgstf = fl & flags::DDGSTF != 0;
+        if !r.data
+            || ddgstf != self.session.data_digest
+            || (pdo as u32) < full
+            || !self.pdo_aligned(pdo)
+            || fl & (flags::SUCCESS | flags::LAST_PDU) == flags::SUCCESS
+        {
+            return None;
+        }
+        let dd = if ddgstf { DIGEST_LEN as u32 } else { 0 };
+        let rest = plen.checked_sub(pdo as u32)?;
+        if rest <= dd || rest - dd > r.max_data {
+            return None;
+        }
+        info.pad = pdo - r.full;
+        info.data_len = rest - dd;
+        info.ddgst = ddgstf;
+        Some(info)
+    }
+
+    /// Validates the common header field by field, lowest offset first.
+    #[cold]
+    #[inline(never)]
+    fn check_ch_slow(&self, ch: &[u8]) -> Result<HdrInfo, ProtocolError> {
         let (t, flags, hlen, pdo) = (ch[0], ch[1], ch[2], ch[3]);
         let plen = le32(ch, 4);
-        let ty = PduType::from_u8(t).ok_or(invalid(0, "unknown PDU type"))?;
+        let Some(ty) = PduType::from_u8(t) else {
+            return Err(invalid(0, "unknown PDU type"));
+        };
         let inbound = match self.cfg.role {
             Role::Controller => ty.is_host_to_controller(),
             Role::Host => !ty.is_host_to_controller(),
@@ -521,7 +754,9 @@ impl Decoder {
                 return Err(ProtocolError::HeaderDigest { computed, received });
             }
         }
-        let ty = PduType::from_u8(info.ty).ok_or(invalid(0, "unknown PDU type"))?;
+        let Some(ty) = PduType::from_u8(info.ty) else {
+            return Err(invalid(0, "unknown PDU type"));
+        };
         let pdu = match ty {
             PduType::CapsuleCmd => {
                 let mut sqe = Sqe::zeroed();
@@ -626,6 +861,9 @@ impl Decoder {
                 }
             }
         };
+        if matches!(pdu, Pdu::IcReq(_) | Pdu::IcResp(_)) {
+            self.rebuild();
+        }
         if info.data_len > 0 {
             self.pad_left = info.pad as usize;
             self.data_left = info.data_len;
@@ -680,5 +918,71 @@ impl<'a> Iterator for Feed<'_, 'a> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Whatever the fast path accepts, the exhaustive check accepts with
+        /// the same result.
+        #[test]
+        fn fast_path_is_subset_of_slow_path(
+            ty in prop_oneof![0u8..10, any::<u8>()],
+            fl in any::<u8>(),
+            hlen in prop_oneof![Just(24u8), Just(72u8), Just(128u8), any::<u8>()],
+            pdo in prop_oneof![Just(0u8), Just(24u8), Just(28u8), Just(72u8), Just(76u8), Just(80u8), any::<u8>()],
+            plen in prop_oneof![0u32..300, any::<u32>()],
+            host in any::<bool>(),
+            hd in any::<bool>(),
+            dd in any::<bool>(),
+            pda in prop_oneof![Just(0u8), 0u8..=31],
+            ic in any::<bool>(),
+        ) {
+            let cfg = if host { DecoderConfig::host() } else { DecoderConfig::controller() };
+            let s = Session { header_digest: hd, data_digest: dd, rx_pda: pda, tx_pda: 0 };
+            let d = if ic { Decoder::with_session(cfg, s) } else { Decoder::new(cfg) };
+            let p = plen.to_le_bytes();
+            let ch = [ty, fl, hlen, pdo, p[0], p[1], p[2], p[3]];
+            if let Some(fast) = d.check_ch_fast(&ch) {
+                prop_assert_eq!(d.check_ch_slow(&ch), Ok(fast));
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_taken_for_common_pdus() {
+        let s = Session {
+            header_digest: true,
+            data_digest: true,
+            rx_pda: 0,
+            tx_pda: 0,
+        };
+        let d = Decoder::with_session(DecoderConfig::controller(), s);
+        // CapsuleCmd without data, with header digest
+        let ch = [4, flags::HDGSTF, 72, 0, 76, 0, 0, 0];
+        assert!(d.check_ch_fast(&ch).is_some());
+        // CapsuleCmd with 4 KiB data and both digests
+        let plen = (76u32 + 4096 + 4).to_le_bytes();
+        let ch = [
+            4,
+            flags::HDGSTF | flags::DDGSTF,
+            72,
+            76,
+            plen[0],
+            plen[1],
+            plen[2],
+            plen[3],
+        ];
+        let info = d.check_ch_fast(&ch).unwrap();
+        assert_eq!((info.data_len, info.pad, info.ddgst), (4096, 0, true));
+        // not before IC
+        let d = Decoder::new(DecoderConfig::controller());
+        assert!(d.check_ch_fast(&[4, 0, 72, 0, 72, 0, 0, 0]).is_none());
     }
 }
