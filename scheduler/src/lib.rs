@@ -1,1 +1,124 @@
-//! scheduler (skeleton; being built).
+//! # scheduler — the per-VM I/O scheduler of vmpath
+//!
+//! Pure and I/O-free: the clock is passed in (`u64` nanoseconds), no threads are spawned,
+//! nothing blocks, and the request path takes no lock. Implements issue 5 (see
+//! `/work/shared/MISSION.md` capabilities 1–5):
+//!
+//! * **Route or hold** ([`Shard::enqueue`]): a request is routed at once when its VM is
+//!   under its limit, its path has room and nobody is waiting ahead of it; otherwise it is
+//!   held in the VM's bounded FIFO and released by [`Shard::poll`] — reservation-due
+//!   requests first, then priority classes, then proportional shares (mClock tags).
+//! * **Path selection** per VM ([`SelectorSpec`]): vm-affinity, round-robin (every N I/Os or
+//!   bytes), least-queue-depth, least-bytes, service-time (per-path weights, measured
+//!   service time) and vm-weighted; optimized paths first, never an unusable one.
+//! * **Failover**: [`Scheduler::failover_started`] / [`Scheduler::failover_finished`]
+//!   re-route, hold, suspend ([`Shard::should_pull`]) or fail after a timeout, per VM.
+//!   Nothing held is ever dropped.
+//! * **Migrate recommendation**: [`Scheduler::tick`] raises
+//!   [`SchedEvent::VmMigrateRecommended`] after `migrate_window_ms` of unmet reservation,
+//!   and [`SchedEvent::VmMigrateCleared`] when it ends; the daemon drains
+//!   [`Scheduler::pop_event`].
+//! * **Admission control**: a reservation that the paths' estimated capacity cannot carry
+//!   is refused ([`SchedError::Admission`]).
+//!
+//! ## How a frontend and the daemon use it
+//!
+//! ```
+//! use scheduler::{Decision, Outcome, PathSpec, Scheduler, SchedulerConfig, VmSpec};
+//! let sched = Scheduler::new(SchedulerConfig { shards: 2, ..Default::default() }).unwrap();
+//! let p0 = sched.add_path(PathSpec::new("fabric-a", 200_000, 2_000)).unwrap();
+//! let vm = sched.create_vm(VmSpec::new("vm-a")).unwrap();
+//! let mut shard = sched.shard(0).unwrap(); // one per reactor (Send, not Sync)
+//! let now = 1_000;
+//! if shard.should_pull(vm) {
+//!     match shard.enqueue(vm, 42, 4096, false, now).unwrap() {
+//!         Decision::Route(path) => { assert_eq!(path, p0); /* issue on `path` */ }
+//!         Decision::Held => {}
+//!     }
+//! }
+//! let mut released = Vec::new();
+//! shard.poll(now, &mut released, 64); // each loop: issue `Outcome::Route`, fail `Outcome::Fail`
+//! for r in &released { if let Outcome::Route(_p) = r.outcome { /* issue */ } }
+//! shard.complete(vm, p0, 4096, 20_000).unwrap(); // on completion, with measured service time
+//! ```
+//!
+//! ## Design
+//!
+//! **Tags (mClock).** Each VM has, in its shared slot, limit tags `L` (IOPS and bytes),
+//! reservation tags `R` and a proportional finish tag `P`, all atomics. A dispatch claims
+//! `L = max(L, now) + cost/limit` with a compare-and-swap that first checks `L <= now`, so
+//! dispatches of a VM — from any reactor — are spaced by at least `cost/limit`. A head
+//! request is *reservation-due* when `R <= now`; only reservation-phase dispatches advance
+//! `R` (`R = max(R, now − catch-up) + cost/reservation`), so service received in the share
+//! phase does not consume the reservation (mClock's "credit"). The proportional phase is
+//! start-time fair queueing: a head gets start tag `max(V, P)` and advances `P` by
+//! `cost × 2^30 / shares`, where cost = `io_cost_bytes + bytes` in 512-byte units and `V`
+//! is virtual time (the largest start tag dispatched, shared via an atomic). A VM waking
+//! from idle starts at `V`: it cannot bank credit. P tags count service from both phases,
+//! so a reservation is a floor: a VM gets `max(reservation, its share)`, capped by its
+//! limit — water-filling over shares (see [`sim::expected_shares`]).
+//!
+//! **Capacity.** Each path has a queue depth (`max_outstanding`). Requests are dispatched
+//! only while their path has room; the order in which held requests take freed slots is
+//! the QoS order above. Work-conserving: a free slot is never left unused while a request
+//! is eligible for it (limits excepted).
+//!
+//! **Flat in the number of VMs.** Each reactor keeps, per (class, target path), a
+//! hierarchical 64-ary bucket queue of eligible VMs keyed by start tag, a timer queue of
+//! the same kind (limit, reservation and fail-after deadlines) and FIFO lists — all
+//! intrusive over a preallocated node arena. Every operation is O(1) amortised (a node
+//! moves down at most 11 levels in its life); nothing allocates per request (hold queues
+//! grow to their bound once).
+//!
+//! **Multi-reactor.** [`Scheduler`] is `Send + Sync`; each reactor owns one [`Shard`]. A
+//! VM's hold queue is per shard (FIFO per VM per reactor; requests of one VM arriving on
+//! two reactors have no order between them anyway). What must be global is global:
+//! L/R/P tags are per-VM atomics claimed with CAS (one cache line per VM, touched only by
+//! reactors that carry that VM's I/O), path load is per-path atomics. Cross-core traffic per
+//! request is bounded: the VM's tag line (only for VMs with limits, or held requests),
+//! the path's counter line, and one read of each other shard's backlog mask.
+//! For shares across reactors, each shard publishes per path the class and smallest
+//! start tag it has waiting (once per poll); a shard releases a share-phase request only if
+//! no other shard waits for the same path with a higher class or a start tag smaller by
+//! more than `cross_shard_slack`. A shard silent for 1 ms is ignored.
+//!
+//! **Error bounds.**
+//! * Limits: within one shard, in any window of length `W` a VM dispatches at most
+//!   `limit × (W + limit_slack) + one request` (`limit_slack_us` defaults to 0). Across
+//!   `k` shards the IOPS tag is exact (checked CAS); the bytes tag may admit one extra
+//!   request per concurrently racing shard (≤ `k − 1` requests).
+//! * Shares: within one shard, a backlogged VM's service differs from its ideal SFQ share
+//!   by at most one request's cost at any time; across shards by at most
+//!   `cross_shard_slack` requests (4 KiB at 1000 shares) plus one poll period's dispatches.
+//! * Reservations: met whenever the sum fits the paths (admission control); a reservation
+//!   tag never lags real time by more than `reservation_catchup_us` (no banking beyond it).
+//!
+//! **Failover.** Path state changes ([`Scheduler::set_path_state`]) recompute the usable
+//! path masks, each vm-affinity VM's serving path (home, or the usable path with most
+//! spare reservation capacity) and failover suspensions, then bump an epoch; reactors
+//! re-evaluate their held heads on the next call. Held requests wait (hold), are failed
+//! back after `timeout_ms` (fail-after) or their VM is suspended (suspend) — never lost.
+//!
+//! Simulation: [`sim`] runs shards, VMs and capacity-limited paths on a simulated clock
+//! (used by the tests, the benchmark and daemon tests).
+
+mod path;
+mod sched;
+mod shard;
+pub mod sim;
+mod spec;
+mod vm;
+mod wheel;
+
+pub use path::{PathId, PathInfo, PathLoad};
+pub use sched::{MigrateReason, SchedError, SchedEvent, Scheduler};
+pub use shard::{Decision, FailReason, Outcome, Released, Shard, ShardError};
+pub use spec::{
+    FailoverPolicy, PathPolicySpec, PathSpec, PathState, PriorityClass, RateSpec,
+    SchedulerConfig, SelectorSpec, SpecError, VmQosUpdate, VmSpec, DEFAULT_SHARES, MAX_PATHS,
+    MAX_SHARDS, MAX_SHARES, MIN_SHARES,
+};
+pub use vm::{SuspendReason, VmId, VmInfo};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1270 @@
+//! The per-reactor shard: the request path (issue 5, "Decision per request").
+//!
+//! A frontend on a reactor calls [`Shard::enqueue`] for each request it pulls (route now on
+//! a path, or held), [`Shard::poll`] once per reactor loop (requests released from hold
+//! queues with their paths, or failed back by a `fail-after` policy) and
+//! [`Shard::complete`] when the backend completes a routed request. A shard is `Send` but
+//! not `Sync`: it is owned by one reactor and needs no locks. Its per-VM state (hold queues,
+//! head tags, ordering structures) is private; what other reactors must see (limit,
+//! reservation and share tags, path load, backlog summaries) lives in atomics of the shared
+//! [`Scheduler`].
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::{Acquire, Relaxed}};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::path::PathId;
+use crate::sched::{bump, Derived, Scheduler, ANY, NT, PUB_NONE};
+use crate::spec::{PriorityClass, MAX_PATHS};
+use crate::vm::{Fo, Sel, VmId, VmParams, BYTE_FP_SHIFT, NO_PATH};
+use crate::wheel::{before, later, Links, List, NodeId, Wheel};
+
+/// Shard request-path failures. None of them loses a request: the caller keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ShardError {
+    /// The VM handle is stale or unknown.
+    #[error("unknown VM {0}")]
+    UnknownVm(VmId),
+    /// The VM's hold queue on this reactor is full: backpressure. Keep the request (un-pop
+    /// it) and stop pulling this VM until [`Shard::should_pull`] says so.
+    #[error("VM {vm}: hold queue full ({held} requests); keep the request and retry after poll")]
+    QueueFull {
+        /// VM.
+        vm: VmId,
+        /// Requests held for it on this shard.
+        held: u32,
+    },
+    /// The path id is not registered.
+    #[error("unknown path {0}")]
+    UnknownPath(PathId),
+}
+
+/// Result of [`Shard::enqueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Issue the request on this path now.
+    Route(PathId),
+    /// The scheduler holds it; it comes back from [`Shard::poll`].
+    Held,
+}
+
+/// Why a held request is failed back instead of routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailReason {
+    /// `fail-after` policy: no usable path for the configured time.
+    NoPath,
+    /// The VM was deleted while the request was held.
+    VmDeleted,
+    /// [`Shard::drain`] was called.
+    Drained,
+}
+
+/// What to do with a released request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Issue it on this path.
+    Route(PathId),
+    /// Complete it to the guest with an error.
+    Fail(FailReason),
+}
+
+/// A request leaving a hold queue (from [`Shard::poll`] or [`Shard::drain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    /// Its VM.
+    pub vm: VmId,
+    /// The caller's opaque token.
+    pub token: u64,
+    /// Size given at enqueue.
+    pub bytes: u32,
+    /// Direction given at enqueue.
+    pub is_write: bool,
+    /// Route or fail.
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    token: u64,
+    bytes: u32,
+    is_write: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    /// Queue empty.
+    Idle,
+    /// Head waits for the limit tag (timer node in `timers`).
+    Limit,
+    /// Head is in a share wheel (and maybe reservation timer / due list).
+    Eligible,
+    /// No usable path (share node in `path_wait`, maybe fail-after timer).
+    PathWait,
+    /// VM suspended (share node in `suspended`).
+    Suspended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resv {
+    None,
+    Timer,
+    Due,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Reservation,
+    Share(u64),
+}
+
+const NONE8: u8 = u8::MAX;
+/// vm-weighted placement is re-evaluated every this many dispatches.
+const VW_REBALANCE: u32 = 256;
+/// Idle vm-weighted VMs release their path weight after this long.
+const VW_IDLE_NS: u64 = 10_000_000;
+/// A shard whose published backlog is older than this is ignored by the fairness gate
+/// (a stalled reactor cannot idle the others for longer).
+const STALE_PUBLISH_NS: u64 = 1_000_000;
+
+#[derive(Debug)]
+struct VmLocal {
+    version: u64,
+    p: VmParams,
+    queue: VecDeque<Entry>,
+    st: St,
+    target: u8,
+    in_class: u8,
+    resv: Resv,
+    has_start: bool,
+    start: u64,
+    rr_path: u8,
+    rr_advance: bool,
+    rr_ios: u32,
+    rr_bytes: u64,
+    vw_path: u8,
+    vw_n: u32,
+    vw_weight: u64,
+    last_dispatch: u64,
+    inflight: u32,
+    nopath_since: Option<u64>,
+}
+
+impl VmLocal {
+    fn new() -> Self {
+        VmLocal {
+            version: u64::MAX,
+            p: VmParams::DEAD,
+            queue: VecDeque::new(),
+            st: St::Idle,
+            target: 0,
+            in_class: 0,
+            resv: Resv::None,
+            has_start: false,
+            start: 0,
+            rr_path: 0,
+            rr_advance: false,
+            rr_ios: 0,
+            rr_bytes: 0,
+            vw_path: NONE8,
+            vw_n: 0,
+            vw_weight: 0,
+            last_dispatch: 0,
+            inflight: 0,
+            nopath_since: None,
+        }
+    }
+}
+
+#[inline]
+fn snode(i: usize) -> NodeId {
+    (3 * i) as NodeId
+}
+#[inline]
+fn rnode(i: usize) -> NodeId {
+    (3 * i + 1) as NodeId
+}
+#[inline]
+fn tnode(i: usize) -> NodeId {
+    (3 * i + 2) as NodeId
+}
+#[inline]
+fn bit(p: usize) -> u64 {
+    1u64 << p
+}
+
+/// Claims one limit tag: fails with the eligible time if the tag is in the future.
+#[inline]
+fn claim_checked(tag: &AtomicU64, inc: u64, now: u64, slack: u64) -> Result<(), u64> {
+    let floor = now.saturating_sub(slack);
+    let mut old = tag.load(Relaxed);
+    loop {
+        if old > now {
+            return Err(old);
+        }
+        let new = old.max(floor) + inc;
+        match tag.compare_exchange_weak(old, new, Relaxed, Relaxed) {
+            Ok(_) => return Ok(()),
+            Err(o) => old = o,
+        }
+    }
+}
+
+/// Advances a tag unconditionally: `max(old, floor) + inc`.
+#[inline]
+fn advance(tag: &AtomicU64, inc: u64, floor: u64) {
+    let mut old = tag.load(Relaxed);
+    loop {
+        let new = old.max(floor) + inc;
+        match tag.compare_exchange_weak(old, new, Relaxed, Relaxed) {
+            Ok(_) => return,
+            Err(o) => old = o,
+        }
+    }
+}
+
+#[inline]
+fn byte_inc_up(bytes: u32, fp: u64) -> u64 {
+    (u64::from(bytes) * fp).div_ceil(1 << BYTE_FP_SHIFT)
+}
+
+#[inline]
+fn byte_inc_down(bytes: u32, fp: u64) -> u64 {
+    (u64::from(bytes) * fp) >> BYTE_FP_SHIFT
+}
+
+/// One reactor's handle; see the module docs.
+#[derive(Debug)]
+pub struct Shard {
+    s: Arc<Scheduler>,
+    me: usize,
+    multi: bool,
+    epoch: u64,
+    d: Derived,
+    vms: Vec<VmLocal>,
+    links: Links,
+    timers: Wheel,
+    share: Vec<Option<Box<Wheel>>>,
+    share_len: [u32; PriorityClass::COUNT],
+    resv_due: Vec<List>,
+    path_wait: List,
+    suspended: List,
+    pending: Vec<u32>,
+    pending_mask: u64,
+    pub_mask: u64,
+    pub_targets: u64,
+    held: u64,
+    v_local: u64,
+    v_global: u64,
+    v_max: Option<u64>,
+    rot: u32,
+    deferred: VecDeque<Released>,
+    last_now: u64,
+    last_sweep: u64,
+    gated: bool,
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        self.s.release_shard(self.me);
+    }
+}
+
+impl Shard {
+    pub(crate) fn new(s: Arc<Scheduler>, me: usize) -> Shard {
+        let n = s.vms.len();
+        let v = s.vtime.load(Relaxed);
+        Shard {
+            multi: s.shards.len() > 1,
+            d: s.derived,
+            epoch: 0,
+            vms: (0..n).map(|_| VmLocal::new()).collect(),
+            links: Links::new(3 * n),
+            timers: Wheel::new(0),
+            share: (0..PriorityClass::COUNT * NT).map(|_| None).collect(),
+            share_len: [0; PriorityClass::COUNT],
+            resv_due: vec![List::default(); NT],
+            path_wait: List::default(),
+            suspended: List::default(),
+            pending: vec![0; NT],
+            pending_mask: 0,
+            pub_mask: 0,
+            pub_targets: 0,
+            held: 0,
+            v_local: v,
+            v_global: v,
+            v_max: None,
+            rot: 0,
+            deferred: VecDeque::new(),
+            last_now: 0,
+            last_sweep: 0,
+            gated: false,
+            me,
+            s,
+        }
+    }
+
+    /// This shard's index.
+    pub fn index(&self) -> usize {
+        self.me
+    }
+
+    /// The scheduler this shard belongs to.
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.s
+    }
+
+    /// Requests held on this shard (all VMs), including failures not yet returned by poll.
+    pub fn held(&self) -> u64 {
+        self.held + self.deferred.len() as u64
+    }
+
+    /// Requests of `vm` held on this shard.
+    pub fn vm_held(&self, vm: VmId) -> usize {
+        self.vms
+            .get(vm.index as usize)
+            .filter(|l| l.p.gen == vm.gen)
+            .map_or(0, |l| l.queue.len())
+    }
+
+    /// True if the last poll left work undone because another shard's VMs were ahead in
+    /// share order (poll again soon; the other shard releases them on its next poll).
+    pub fn was_gated(&self) -> bool {
+        self.gated
+    }
+
+    /// Earliest time at which a held request may become releasable by the passage of time
+    /// alone (limit, reservation or fail-after timers); capacity and path events also
+    /// release requests, on the next poll after they happen.
+    pub fn next_deadline(&mut self) -> Option<u64> {
+        self.timers.min_key(&mut self.links)
+    }
+
+    // ----- epoch / parameter refresh -----------------------------------------------------
+
+    #[inline]
+    fn sync(&mut self, now: u64) {
+        if now > self.last_now {
+            self.last_now = now;
+        }
+        if self.s.epoch.load(Acquire) != self.epoch {
+            self.refresh();
+        }
+    }
+
+    /// Re-reads changed VM parameters and re-evaluates every held head (suspensions,
+    /// paths, limits). Runs only after a control-plane change.
+    #[cold]
+    fn refresh(&mut self) {
+        let e = self.s.epoch.load(Acquire);
+        let now = self.last_now;
+        let mut complete = true;
+        for i in 0..self.vms.len() {
+            let sh = &self.s.vms[i];
+            let ver = sh.version();
+            if ver == self.vms[i].version {
+                continue;
+            }
+            let Some((v, p)) = sh.read() else {
+                complete = false;
+                continue;
+            };
+            let old = self.vms[i].p;
+            let replaced = old.live && (!p.live || p.gen != old.gen);
+            if replaced {
+                self.unlink(i);
+                let l = &mut self.vms[i];
+                let vm = VmId {
+                    index: i as u32,
+                    gen: old.gen,
+                };
+                let n = l.queue.len() as u64;
+                for e in l.queue.drain(..) {
+                    self.deferred.push_back(Released {
+                        vm,
+                        token: e.token,
+                        bytes: e.bytes,
+                        is_write: e.is_write,
+                        outcome: Outcome::Fail(FailReason::VmDeleted),
+                    });
+                }
+                self.held -= n;
+                if l.vw_path != NONE8 {
+                    self.s.paths[usize::from(l.vw_path)].sub_active_weight(l.vw_weight);
+                }
+                *l = VmLocal::new();
+                let c = &self.s.shards[self.me].counters[i];
+                c.held.store(0, Relaxed);
+                c.inflight.store(0, Relaxed);
+            }
+            let l = &mut self.vms[i];
+            l.version = v;
+            l.p = p;
+            if l.vw_path != NONE8 && p.sel != Sel::Weighted {
+                self.s.paths[usize::from(l.vw_path)].sub_active_weight(l.vw_weight);
+                l.vw_path = NONE8;
+            }
+        }
+        for i in 0..self.vms.len() {
+            if self.vms[i].st != St::Idle {
+                self.unlink(i);
+                self.activate_head(i, now);
+            }
+        }
+        if complete {
+            self.epoch = e;
+        }
+    }
+
+    // ----- path choice -------------------------------------------------------------------
+
+    /// (usable allowed paths in the best tier, all usable allowed paths).
+    #[inline]
+    fn tier(&self, p: &VmParams) -> (u64, u64) {
+        let allowed = if p.affinity == 0 { !0 } else { p.affinity };
+        let opt = self.s.opt_mask.load(Relaxed) & allowed;
+        let non = self.s.nonopt_mask.load(Relaxed) & allowed;
+        (if opt != 0 { opt } else { non }, opt | non)
+    }
+
+    /// Round-robin: current path, advanced when its I/O or byte budget is used up.
+    #[inline]
+    fn rr_select(&mut self, i: usize, tier: u64) -> usize {
+        let l = &mut self.vms[i];
+        let cur = usize::from(l.rr_path);
+        if !l.rr_advance && tier & bit(cur) != 0 {
+            return cur;
+        }
+        let from = if l.rr_advance { (cur + 1) % 64 } else { cur };
+        let next = (from as u32 + tier.rotate_right(from as u32).trailing_zeros()) % 64;
+        l.rr_path = next as u8;
+        l.rr_advance = false;
+        l.rr_ios = 0;
+        l.rr_bytes = 0;
+        next as usize
+    }
+
+    /// Load-based selectors over `tier`; `need_room` skips paths at their queue depth.
+    fn pick(&mut self, i: usize, tier: u64, need_room: bool) -> Option<usize> {
+        let sel = self.vms[i].p.sel;
+        if sel == Sel::Weighted {
+            return self.pick_weighted(i, tier, need_room);
+        }
+        let rot = self.rot % 64;
+        self.rot = self.rot.wrapping_add(1);
+        let mut m = tier.rotate_right(rot);
+        let mut best: Option<(u64, usize)> = None;
+        while m != 0 {
+            let p = ((m.trailing_zeros() + rot) % 64) as usize;
+            m &= m - 1;
+            let pl = &self.s.paths[p];
+            if need_room && !pl.has_room() {
+                continue;
+            }
+            let score = match sel {
+                Sel::LeastBytes => pl.outstanding_bytes(),
+                Sel::ServiceTime => {
+                    let svc = match pl.ewma_service_ns() {
+                        0 => 1_000_000_000 / pl.capacity_iops().max(1),
+                        s => s,
+                    };
+                    (u64::from(pl.outstanding_ios()) + 1) * svc.max(1) * 100
+                        / u64::from(pl.weight().max(1))
+                }
+                _ => u64::from(pl.outstanding_ios()),
+            };
+            if best.is_none_or(|(b, _)| score < b) {
+                best = Some((score, p));
+            }
+        }
+        best.map(|b| b.1)
+    }
+
+    /// vm-weighted: stay on the current path for a while; otherwise move to the path where
+    /// this VM's share of capacity, cap × w / (active weight + w), is largest.
+    fn pick_weighted(&mut self, i: usize, tier: u64, need_room: bool) -> Option<usize> {
+        let l = &self.vms[i];
+        let cur = l.vw_path;
+        if cur != NONE8
+            && tier & bit(cur.into()) != 0
+            && l.vw_n < VW_REBALANCE
+            && (!need_room || self.s.paths[usize::from(cur)].has_room())
+        {
+            return Some(cur.into());
+        }
+        let w = l.p.weight_eff;
+        let mut best: Option<(u128, usize)> = None;
+        let mut m = tier;
+        while m != 0 {
+            let p = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let pl = &self.s.paths[p];
+            if need_room && !pl.has_room() {
+                continue;
+            }
+            let mut active = pl.active_weight();
+            if usize::from(cur) == p {
+                active = active.saturating_sub(l.vw_weight);
+            }
+            let score = (u128::from(pl.capacity_iops()) << 32) / u128::from(active + w);
+            if best.is_none_or(|(b, _)| score > b) {
+                best = Some((score, p));
+            }
+        }
+        let (_, p) = best?;
+        let l = &mut self.vms[i];
+        if usize::from(l.vw_path) != p {
+            if l.vw_path != NONE8 {
+                self.s.paths[usize::from(l.vw_path)].sub_active_weight(l.vw_weight);
+            }
+            self.s.paths[p].add_active_weight(w);
+            l.vw_path = p as u8;
+            l.vw_weight = w;
+        }
+        l.vw_n = 0;
+        Some(p)
+    }
+
+    /// The head's target: a path, `ANY`, or None when no allowed path is usable.
+    fn target_for(&mut self, i: usize) -> Option<usize> {
+        let p = self.vms[i].p;
+        let (tier, usable) = self.tier(&p);
+        if tier == 0 {
+            return None;
+        }
+        match p.sel {
+            Sel::Affinity => {
+                let sv = self.s.vms[i].tags.serving.load(Relaxed);
+                (sv != NO_PATH && usable & bit(sv as usize) != 0).then_some(sv as usize)
+            }
+            Sel::RoundRobin => Some(self.rr_select(i, tier)),
+            _ if p.affinity == 0 => Some(ANY),
+            _ => self.pick(i, tier, false),
+        }
+    }
+
+    // ----- tags --------------------------------------------------------------------------
+
+    /// Claims the limit tags for a dispatch of `bytes`, or returns when the VM may dispatch.
+    #[inline]
+    fn claim_limits(&self, i: usize, bytes: u32, now: u64) -> Result<(), u64> {
+        let p = &self.vms[i].p;
+        let tags = &self.s.vms[i].tags;
+        let slack = self.d.limit_slack_ns;
+        if p.lim_byte_fp != 0 {
+            let t = tags.l_bw.load(Relaxed);
+            if t > now {
+                return Err(t);
+            }
+        }
+        if p.lim_io_ns != 0 {
+            claim_checked(&tags.l_io, p.lim_io_ns, now, slack)?;
+        }
+        if p.lim_byte_fp != 0 {
+            // Checked above; a concurrent claim from another shard can slip one request in
+            // (documented cross-shard bound).
+            advance(
+                &tags.l_bw,
+                byte_inc_up(bytes, p.lim_byte_fp),
+                now.saturating_sub(slack),
+            );
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn limit_wait(&self, i: usize, now: u64) -> Option<u64> {
+        let p = &self.vms[i].p;
+        let tags = &self.s.vms[i].tags;
+        let mut at = 0;
+        if p.lim_io_ns != 0 {
+            at = tags.l_io.load(Relaxed);
+        }
+        if p.lim_byte_fp != 0 {
+            at = at.max(tags.l_bw.load(Relaxed));
+        }
+        (at > now).then_some(at)
+    }
+
+    #[inline]
+    fn resv_due_at(&self, i: usize) -> u64 {
+        let p = &self.vms[i].p;
+        let tags = &self.s.vms[i].tags;
+        let mut at = u64::MAX;
+        if p.res_io_ns != 0 {
+            at = tags.r_io.load(Relaxed);
+        }
+        if p.res_byte_fp != 0 {
+            at = at.min(tags.r_bw.load(Relaxed));
+        }
+        at
+    }
+
+    fn advance_resv(&self, i: usize, bytes: u32, now: u64) {
+        let p = &self.vms[i].p;
+        let tags = &self.s.vms[i].tags;
+        let floor = now.saturating_sub(self.d.resv_catchup_ns);
+        if p.res_io_ns != 0 {
+            advance(&tags.r_io, p.res_io_ns, floor);
+        }
+        if p.res_byte_fp != 0 {
+            advance(&tags.r_bw, byte_inc_down(bytes, p.res_byte_fp), floor);
+        }
+    }
+
+    /// Claims the head's proportional start tag: max(virtual time, VM finish tag), and
+    /// advances the VM's finish tag by cost / shares (no banked credit after idling).
+    fn claim_start(&self, i: usize, bytes: u32) -> u64 {
+        let p = &self.vms[i].p;
+        let sectors = (self.d.io_cost_bytes + u64::from(bytes)).div_ceil(512);
+        let inc = sectors * p.p_inv;
+        let v = later(self.v_local, self.v_global);
+        let tag = &self.s.vms[i].tags.p;
+        let mut old = tag.load(Relaxed);
+        loop {
+            let start = later(old, v);
+            match tag.compare_exchange_weak(old, start.wrapping_add(inc), Relaxed, Relaxed) {
+                Ok(_) => return start,
+                Err(o) => old = o,
+            }
+        }
+    }
+
+    // ----- structures --------------------------------------------------------------------
+
+    #[inline]
+    fn pending_inc(&mut self, t: usize) {
+        self.pending[t] += 1;
+        if self.pending[t] == 1 {
+            self.pending_mask |= bit(t);
+            self.publish_mask();
+        }
+    }
+
+    #[inline]
+    fn pending_dec(&mut self, t: usize) {
+        self.pending[t] -= 1;
+        if self.pending[t] == 0 {
+            self.pending_mask &= !bit(t);
+            self.publish_mask();
+        }
+    }
+
+    #[inline]
+    fn publish_mask(&mut self) {
+        if self.multi && self.pub_mask != self.pending_mask {
+            self.pub_mask = self.pending_mask;
+            self.s.shards[self.me]
+                .contended
+                .0
+                .store(self.pending_mask, Relaxed);
+        }
+    }
+
+    /// Removes VM `i`'s head from whatever structure holds it; state becomes Idle.
+    fn unlink(&mut self, i: usize) {
+        let (st, t, class, resv) = {
+            let l = &self.vms[i];
+            (l.st, usize::from(l.target), usize::from(l.in_class), l.resv)
+        };
+        match st {
+            St::Idle => {}
+            St::Limit => self.timers.remove(&mut self.links, tnode(i)),
+            St::Eligible => {
+                if let Some(w) = self.share[class * NT + t].as_mut() {
+                    w.remove(&mut self.links, snode(i));
+                }
+                self.share_len[class] -= 1;
+                match resv {
+                    Resv::Timer => self.timers.remove(&mut self.links, rnode(i)),
+                    Resv::Due => self.resv_due[t].remove(&mut self.links, rnode(i)),
+                    Resv::None => {}
+                }
+                self.pending_dec(t);
+            }
+            St::PathWait => {
+                self.path_wait.remove(&mut self.links, snode(i));
+                if self.links.is_linked(tnode(i)) {
+                    self.timers.remove(&mut self.links, tnode(i));
+                }
+            }
+            St::Suspended => self.suspended.remove(&mut self.links, snode(i)),
+        }
+        let l = &mut self.vms[i];
+        l.st = St::Idle;
+        l.resv = Resv::None;
+    }
+
+    /// Places VM `i`'s head request (queue non-empty, state Idle) in the right structure.
+    fn activate_head(&mut self, i: usize, now: u64) {
+        let Some(head) = self.vms[i].queue.front().copied() else {
+            self.vms[i].st = St::Idle;
+            return;
+        };
+        if self.s.vms[i].tags.flags.load(Relaxed) != 0 {
+            self.vms[i].st = St::Suspended;
+            self.suspended.push_back(&mut self.links, snode(i), 0);
+            return;
+        }
+        let p = self.vms[i].p;
+        if p.has_limit() {
+            if let Some(at) = self.limit_wait(i, now) {
+                self.vms[i].st = St::Limit;
+                self.timers.insert(&mut self.links, tnode(i), at);
+                return;
+            }
+        }
+        let Some(t) = self.target_for(i) else {
+            self.vms[i].st = St::PathWait;
+            self.path_wait.push_back(&mut self.links, snode(i), 0);
+            if p.fo == Fo::FailAfter {
+                let since = *self.vms[i].nopath_since.get_or_insert(now);
+                let at = since.saturating_add(p.fail_timeout_ns);
+                self.timers.insert(&mut self.links, tnode(i), at);
+            }
+            return;
+        };
+        if !self.vms[i].has_start {
+            let s = self.claim_start(i, head.bytes);
+            let l = &mut self.vms[i];
+            l.start = s;
+            l.has_start = true;
+        }
+        let class = usize::from(p.class);
+        let start = self.vms[i].start;
+        let base = later(self.v_local, self.v_global);
+        let w = self.share[class * NT + t].get_or_insert_with(|| Box::new(Wheel::new(base)));
+        w.insert(&mut self.links, snode(i), start);
+        self.share_len[class] += 1;
+        self.pending_inc(t);
+        let mut resv = Resv::None;
+        if p.has_reservation() {
+            let due = self.resv_due_at(i);
+            if due <= now {
+                self.resv_due[t].push_back(&mut self.links, rnode(i), due);
+                resv = Resv::Due;
+            } else {
+                self.timers.insert(&mut self.links, rnode(i), due);
+                resv = Resv::Timer;
+            }
+        }
+        let l = &mut self.vms[i];
+        l.nopath_since = None;
+        l.st = St::Eligible;
+        l.target = t as u8;
+        l.in_class = class as u8;
+        l.resv = resv;
+    }
+}
+
+impl Shard {
+    // ----- request path ------------------------------------------------------------------
+
+    /// Submits a request of `vm` pulled by the frontend. `token` is the caller's opaque
+    /// id; `now` is the reactor's clock in ns (monotonic). Returns the path to issue it on
+    /// now, or [`Decision::Held`] (it comes back from [`Shard::poll`]). A full hold queue
+    /// is an error that hands the request back (backpressure, never a drop).
+    #[inline]
+    pub fn enqueue(
+        &mut self,
+        vm: VmId,
+        token: u64,
+        bytes: u32,
+        is_write: bool,
+        now: u64,
+    ) -> Result<Decision, ShardError> {
+        self.sync(now);
+        let i = vm.index as usize;
+        let Some(l) = self.vms.get(i) else {
+            return Err(ShardError::UnknownVm(vm));
+        };
+        if !l.p.live || l.p.gen != vm.gen {
+            return Err(ShardError::UnknownVm(vm));
+        }
+        if l.st == St::Idle {
+            if let Some(p) = self.try_fast(i, bytes, now) {
+                return Ok(Decision::Route(PathId(p as u16)));
+            }
+        } else if l.queue.len() as u32 >= l.p.max_held {
+            return Err(ShardError::QueueFull {
+                vm,
+                held: l.queue.len() as u32,
+            });
+        }
+        let l = &mut self.vms[i];
+        l.queue.push_back(Entry {
+            token,
+            bytes,
+            is_write,
+        });
+        let n = l.queue.len() as u64;
+        let idle = l.st == St::Idle;
+        self.held += 1;
+        self.s.shards[self.me].counters[i].held.store(n, Relaxed);
+        if idle {
+            self.activate_head(i, now);
+        }
+        Ok(Decision::Held)
+    }
+
+    /// Route-now check for a VM with nothing held on this shard: not suspended, path with
+    /// room, no backlog competing for that path here or on other shards, under its limit.
+    #[inline]
+    fn try_fast(&mut self, i: usize, bytes: u32, now: u64) -> Option<usize> {
+        let tags = &self.s.vms[i].tags;
+        if tags.flags.load(Relaxed) != 0 {
+            return None;
+        }
+        let p = self.vms[i].p;
+        let (tier, usable) = self.tier(&p);
+        let path = match p.sel {
+            Sel::Affinity => {
+                let sv = tags.serving.load(Relaxed);
+                if sv == NO_PATH || usable & bit(sv as usize) == 0 {
+                    return None;
+                }
+                sv as usize
+            }
+            Sel::RoundRobin => {
+                if tier == 0 {
+                    return None;
+                }
+                self.rr_select(i, tier)
+            }
+            _ => self.pick(i, tier, true)?,
+        };
+        if !self.s.paths[path].has_room() {
+            return None;
+        }
+        let compete = bit(path) | bit(ANY);
+        if self.pending_mask & compete != 0 || (self.multi && self.others_contended(compete)) {
+            return None;
+        }
+        if p.has_limit() && self.claim_limits(i, bytes, now).is_err() {
+            return None;
+        }
+        self.commit_dispatch(i, path, bytes, now);
+        Some(path)
+    }
+
+    fn others_contended(&self, mask: u64) -> bool {
+        self.s
+            .shards
+            .iter()
+            .enumerate()
+            .any(|(j, o)| j != self.me && o.contended.0.load(Relaxed) & mask != 0)
+    }
+
+    /// Accounting common to every routed request.
+    #[inline]
+    fn commit_dispatch(&mut self, i: usize, path: usize, bytes: u32, now: u64) {
+        self.s.paths[path].on_submit(bytes);
+        let c = &self.s.shards[self.me].counters[i];
+        let l = &mut self.vms[i];
+        l.inflight += 1;
+        c.inflight.store(l.inflight.into(), Relaxed);
+        bump(&c.dispatched_ios, 1);
+        bump(&c.dispatched_bytes, bytes.into());
+        match l.p.sel {
+            Sel::RoundRobin => {
+                l.rr_ios += 1;
+                l.rr_bytes += u64::from(bytes);
+                if (l.p.rr_ios != 0 && l.rr_ios >= l.p.rr_ios)
+                    || (l.p.rr_bytes != 0 && l.rr_bytes >= l.p.rr_bytes)
+                {
+                    l.rr_advance = true;
+                }
+            }
+            Sel::Weighted => {
+                l.vw_n += 1;
+                l.last_dispatch = now;
+            }
+            _ => {}
+        }
+    }
+
+    /// Reports the completion of a routed request: path load and service time, VM
+    /// in-flight count. `service_ns` is the measured submit-to-completion time.
+    #[inline]
+    pub fn complete(
+        &mut self,
+        vm: VmId,
+        path: PathId,
+        bytes: u32,
+        service_ns: u64,
+    ) -> Result<(), ShardError> {
+        let pl = self
+            .s
+            .paths
+            .get(path.index())
+            .ok_or(ShardError::UnknownPath(path))?;
+        pl.on_complete(bytes, service_ns);
+        if let Some(l) = self.vms.get_mut(vm.index as usize) {
+            if l.p.gen == vm.gen && l.inflight > 0 {
+                l.inflight -= 1;
+                self.s.shards[self.me].counters[vm.index as usize]
+                    .inflight
+                    .store(l.inflight.into(), Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Should the frontend pull more requests of `vm` from its rings? False while the VM
+    /// is suspended (operator or failover policy) or its hold queue here is full.
+    #[inline]
+    pub fn should_pull(&mut self, vm: VmId) -> bool {
+        if self.s.epoch.load(Acquire) != self.epoch {
+            self.refresh();
+        }
+        let i = vm.index as usize;
+        self.vms.get(i).is_some_and(|l| {
+            l.p.live
+                && l.p.gen == vm.gen
+                && (l.queue.len() as u32) < l.p.max_held
+                && self.s.vms[i].tags.flags.load(Relaxed) == 0
+        })
+    }
+
+    /// Releases held requests that may go now, appending at most `max` to `out`:
+    /// reservation-due requests first, then the highest priority class in share order,
+    /// while paths have room; also `fail-after` failures and requests of deleted VMs.
+    /// Call once per reactor loop (it returns at once when nothing is held).
+    pub fn poll(&mut self, now: u64, out: &mut Vec<Released>, max: usize) -> usize {
+        self.sync(now);
+        let first = out.len();
+        let limit = first.saturating_add(max);
+        self.flush_deferred(out, limit);
+        if self.held == 0 {
+            if self.multi && self.pub_targets != 0 {
+                self.publish(now);
+            }
+            return out.len() - first;
+        }
+        self.v_global = self.s.vtime.load(Relaxed);
+        while let Some((n, key)) = self.timers.pop_due(&mut self.links, now) {
+            self.on_timer(n, key, now);
+        }
+        self.flush_deferred(out, limit);
+        if now.saturating_sub(self.last_sweep) >= VW_IDLE_NS {
+            self.sweep(now);
+        }
+        self.gated = false;
+        if self.pending_mask != 0 {
+            let s = Arc::clone(&self.s);
+            let opt = s.opt_mask.load(Relaxed);
+            let usable = opt | s.nonopt_mask.load(Relaxed);
+            let rot = self.rot % 64;
+            self.rot = self.rot.wrapping_add(1);
+            let mut m = usable.rotate_right(rot);
+            while m != 0 && out.len() < limit {
+                let p = ((m.trailing_zeros() + rot) % 64) as usize;
+                m &= m - 1;
+                if p >= MAX_PATHS {
+                    continue;
+                }
+                let any_ok = opt == 0 || opt & bit(p) != 0;
+                if self.pending[p] == 0 && (!any_ok || self.pending[ANY] == 0) {
+                    continue;
+                }
+                self.dispatch_path(&s, p, any_ok, now, out, limit);
+            }
+        }
+        if self.multi {
+            self.publish(now);
+        }
+        if let Some(v) = self.v_max.take() {
+            let g = &self.s.vtime;
+            let mut cur = g.load(Relaxed);
+            while before(cur, v) {
+                match g.compare_exchange_weak(cur, v, Relaxed, Relaxed) {
+                    Ok(_) => break,
+                    Err(x) => cur = x,
+                }
+            }
+        }
+        out.len() - first
+    }
+
+    fn flush_deferred(&mut self, out: &mut Vec<Released>, limit: usize) {
+        while out.len() < limit {
+            match self.deferred.pop_front() {
+                Some(r) => out.push(r),
+                None => break,
+            }
+        }
+    }
+
+    /// Dispatches from the queues competing for path `p` while it has room.
+    fn dispatch_path(
+        &mut self,
+        s: &Scheduler,
+        p: usize,
+        any_ok: bool,
+        now: u64,
+        out: &mut Vec<Released>,
+        limit: usize,
+    ) {
+        let pl = &s.paths[p];
+        while out.len() < limit && pl.has_room() {
+            // Reservation phase: the earliest due request.
+            let rp = self.resv_due[p].front(&self.links);
+            let ra = if any_ok {
+                self.resv_due[ANY].front(&self.links)
+            } else {
+                None
+            };
+            let due = match (rp, ra) {
+                (Some(a), Some(b)) => Some(if b.1 < a.1 { b } else { a }),
+                (a, b) => a.or(b),
+            };
+            if let Some((n, _)) = due {
+                self.dispatch_head(n as usize / 3, Phase::Reservation, p, now, out);
+                continue;
+            }
+            // Proportional phase: highest class, smallest start tag.
+            let mut cand = None;
+            for c in 0..PriorityClass::COUNT {
+                if self.share_len[c] == 0 {
+                    continue;
+                }
+                let kp = match self.share[c * NT + p].as_mut() {
+                    Some(w) if !w.is_empty() => w.peek(&mut self.links),
+                    _ => None,
+                };
+                let ka = match self.share[c * NT + ANY].as_mut() {
+                    Some(w) if any_ok && !w.is_empty() => w.peek(&mut self.links),
+                    _ => None,
+                };
+                cand = match (kp, ka) {
+                    (Some(a), Some(b)) => Some((c, if before(b.1, a.1) { b } else { a })),
+                    (a, b) => a.or(b).map(|x| (c, x)),
+                };
+                if cand.is_some() {
+                    break;
+                }
+            }
+            let Some((c, (n, key))) = cand else { break };
+            if self.multi && self.gated_by_others(p, c, key, now) {
+                self.gated = true;
+                break;
+            }
+            self.dispatch_head(n as usize / 3, Phase::Share(key), p, now, out);
+        }
+    }
+
+    /// Cross-shard fairness gate: another shard has an older (or higher-class) request
+    /// waiting for the same path, beyond the configured slack.
+    fn gated_by_others(&self, p: usize, class: usize, key: u64, now: u64) -> bool {
+        let slack = self.d.slack_v;
+        for (j, o) in self.s.shards.iter().enumerate() {
+            if j == self.me || o.contended.0.load(Relaxed) & (bit(p) | bit(ANY)) == 0 {
+                continue;
+            }
+            if o.pub_time.load(Relaxed).saturating_add(STALE_PUBLISH_NS) < now {
+                continue;
+            }
+            for t in [p, ANY] {
+                let oc = o.pub_class[t].load(Relaxed);
+                if oc == PUB_NONE {
+                    continue;
+                }
+                if (oc as usize) < class {
+                    return true;
+                }
+                if oc as usize == class && before(o.pub_key[t].load(Relaxed).wrapping_add(slack), key) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Releases VM `i`'s head on path `p` (or, for `ANY` heads, the selector's choice
+    /// among paths with room).
+    fn dispatch_head(&mut self, i: usize, phase: Phase, p: usize, now: u64, out: &mut Vec<Released>) {
+        let Some(e) = self.vms[i].queue.front().copied() else {
+            self.unlink(i);
+            return;
+        };
+        if self.vms[i].p.has_limit() {
+            if let Err(at) = self.claim_limits(i, e.bytes, now) {
+                self.unlink(i);
+                self.vms[i].st = St::Limit;
+                self.timers.insert(&mut self.links, tnode(i), at);
+                return;
+            }
+        }
+        let path = if usize::from(self.vms[i].target) == ANY {
+            let params = self.vms[i].p;
+            let (tier, _) = self.tier(&params);
+            match self.pick(i, tier, true) {
+                Some(q) => q,
+                None => p,
+            }
+        } else {
+            usize::from(self.vms[i].target)
+        };
+        self.unlink(i);
+        match phase {
+            Phase::Reservation => self.advance_resv(i, e.bytes, now),
+            Phase::Share(key) => {
+                self.v_local = later(self.v_local, key);
+                self.v_max = Some(self.v_max.map_or(key, |m| later(m, key)));
+            }
+        }
+        let l = &mut self.vms[i];
+        l.has_start = false;
+        l.queue.pop_front();
+        let n = l.queue.len();
+        let vm = VmId {
+            index: i as u32,
+            gen: l.p.gen,
+        };
+        self.held -= 1;
+        self.s.shards[self.me].counters[i]
+            .held
+            .store(n as u64, Relaxed);
+        self.commit_dispatch(i, path, e.bytes, now);
+        out.push(Released {
+            vm,
+            token: e.token,
+            bytes: e.bytes,
+            is_write: e.is_write,
+            outcome: Outcome::Route(PathId(path as u16)),
+        });
+        if n > 0 {
+            self.activate_head(i, now);
+        }
+    }
+
+    fn on_timer(&mut self, n: NodeId, key: u64, now: u64) {
+        let i = n as usize / 3;
+        match n % 3 {
+            1 => {
+                let l = &self.vms[i];
+                if l.st == St::Eligible && l.resv == Resv::Timer {
+                    let t = usize::from(l.target);
+                    self.resv_due[t].push_back(&mut self.links, rnode(i), key);
+                    self.vms[i].resv = Resv::Due;
+                }
+            }
+            2 => match self.vms[i].st {
+                St::Limit => {
+                    self.vms[i].st = St::Idle;
+                    self.activate_head(i, now);
+                }
+                St::PathWait => {
+                    // fail-after deadline: still no path.
+                    self.path_wait.remove(&mut self.links, snode(i));
+                    let l = &mut self.vms[i];
+                    l.st = St::Idle;
+                    l.has_start = false;
+                    let vm = VmId {
+                        index: i as u32,
+                        gen: l.p.gen,
+                    };
+                    let count = l.queue.len() as u64;
+                    for e in l.queue.drain(..) {
+                        self.deferred.push_back(Released {
+                            vm,
+                            token: e.token,
+                            bytes: e.bytes,
+                            is_write: e.is_write,
+                            outcome: Outcome::Fail(FailReason::NoPath),
+                        });
+                    }
+                    self.held -= count;
+                    let c = &self.s.shards[self.me].counters[i];
+                    c.held.store(0, Relaxed);
+                    bump(&c.failed, count);
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    /// Releases the path weight of vm-weighted VMs idle for a while.
+    #[cold]
+    fn sweep(&mut self, now: u64) {
+        self.last_sweep = now;
+        for l in self.vms.iter_mut() {
+            if l.vw_path != NONE8
+                && l.inflight == 0
+                && l.queue.is_empty()
+                && now.saturating_sub(l.last_dispatch) >= VW_IDLE_NS
+            {
+                self.s.paths[usize::from(l.vw_path)].sub_active_weight(l.vw_weight);
+                l.vw_path = NONE8;
+            }
+        }
+    }
+
+    /// Publishes, per target, the best waiting class and its smallest start tag.
+    fn publish(&mut self, now: u64) {
+        let me = &self.s.shards[self.me];
+        me.pub_time.store(now, Relaxed);
+        let mut m = self.pending_mask | self.pub_targets;
+        while m != 0 {
+            let t = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let mut best = None;
+            for c in 0..PriorityClass::COUNT {
+                if self.share_len[c] == 0 {
+                    continue;
+                }
+                if let Some(w) = self.share[c * NT + t].as_mut() {
+                    if let Some(k) = w.min_key(&mut self.links) {
+                        best = Some((c as u32, k));
+                        break;
+                    }
+                }
+            }
+            match best {
+                Some((c, k)) => {
+                    me.pub_key[t].store(k, Relaxed);
+                    me.pub_class[t].store(c, Relaxed);
+                    self.pub_targets |= bit(t);
+                }
+                None => {
+                    me.pub_class[t].store(PUB_NONE, Relaxed);
+                    self.pub_targets &= !bit(t);
+                }
+            }
+        }
+    }
+
+    /// Fails back every held request (reactor shutdown). Returns how many.
+    pub fn drain(&mut self, out: &mut Vec<Released>) -> usize {
+        let first = out.len();
+        out.extend(self.deferred.drain(..));
+        for i in 0..self.vms.len() {
+            if self.vms[i].queue.is_empty() {
+                continue;
+            }
+            self.unlink(i);
+            let l = &mut self.vms[i];
+            l.has_start = false;
+            let vm = VmId {
+                index: i as u32,
+                gen: l.p.gen,
+            };
+            for e in l.queue.drain(..) {
+                out.push(Released {
+                    vm,
+                    token: e.token,
+                    bytes: e.bytes,
+                    is_write: e.is_write,
+                    outcome: Outcome::Fail(FailReason::Drained),
+                });
+            }
+            self.s.shards[self.me].counters[i].held.store(0, Relaxed);
+        }
+        self.held = 0;
+        out.len() - first
+    }
+}

@@ -1,0 +1,3 @@
+//! Deterministic simulations and property tests (issue 5, "Tests").
+
+mod basic;

@@ -1,0 +1,482 @@
+//! Allocation-free ordering structures over an arena of intrusive nodes.
+//!
+//! * [`Wheel`]: a monotone priority queue keyed by `u64` — a hierarchical 64-ary bucket
+//!   queue (a radix heap with 6-bit digits). Insert and remove are O(1); `pop_min` finds
+//!   the lowest non-empty bucket with two `trailing_zeros` and, when the minimum sits in a
+//!   coarse bucket, moves that bucket's nodes down a level. A node moves down at most
+//!   [`LEVELS`] times in its life, so every operation is O(1) amortised and independent of
+//!   the number of queued nodes (this is what keeps the scheduler flat in the number of VMs).
+//!   Keys are exact (granule 1); nodes with equal keys pop in insertion order.
+//!   Keys may wrap around `u64` (virtual time): the wheel works on offsets from a base
+//!   that it moves forward (`rebase`, O(n) once every 2^62 key units).
+//! * [`List`]: an intrusive FIFO over the same arena.
+//!
+//! A node is in at most one structure at a time; the owner tracks which.
+
+/// Index of a node in the [`Links`] arena.
+pub(crate) type NodeId = u32;
+
+/// "No node".
+pub(crate) const NIL: u32 = u32::MAX;
+const LOC_NONE: u16 = u16::MAX;
+const LOC_LIST: u16 = u16::MAX - 1;
+
+/// Number of 6-bit levels (covers all 64 key bits).
+pub(crate) const LEVELS: usize = 11;
+
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    prev: u32,
+    next: u32,
+    key: u64,
+    loc: u16,
+}
+
+/// The arena of nodes shared by all wheels and lists of one shard.
+#[derive(Debug)]
+pub(crate) struct Links {
+    nodes: Vec<Node>,
+}
+
+impl Links {
+    pub(crate) fn new(n: usize) -> Self {
+        Links {
+            nodes: vec![
+                Node {
+                    prev: NIL,
+                    next: NIL,
+                    key: 0,
+                    loc: LOC_NONE,
+                };
+                n
+            ],
+        }
+    }
+
+    /// True when the node is in some wheel or list.
+    #[inline]
+    pub(crate) fn is_linked(&self, n: NodeId) -> bool {
+        self.nodes[n as usize].loc != LOC_NONE
+    }
+}
+
+/// Wrap-around aware "a < b" for keys that live within 2^63 of each other.
+#[inline]
+pub(crate) fn before(a: u64, b: u64) -> bool {
+    (a.wrapping_sub(b) as i64) < 0
+}
+
+/// Wrap-around aware maximum.
+#[inline]
+pub(crate) fn later(a: u64, b: u64) -> u64 {
+    if before(a, b) {
+        b
+    } else {
+        a
+    }
+}
+
+/// Hierarchical bucket queue; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Wheel {
+    base: u64,
+    /// Offset (from `base`) of the smallest key that may still be queued.
+    cursor: u64,
+    level_mask: u32,
+    bitmaps: [u64; LEVELS],
+    heads: [[u32; 64]; LEVELS],
+    tails: [[u32; 64]; LEVELS],
+    len: u32,
+}
+
+impl Wheel {
+    pub(crate) fn new(start: u64) -> Self {
+        Wheel {
+            base: start,
+            cursor: 0,
+            level_mask: 0,
+            bitmaps: [0; LEVELS],
+            heads: [[NIL; 64]; LEVELS],
+            tails: [[NIL; 64]; LEVELS],
+            len: 0,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> u32 {
+        self.len
+    }
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Smallest key that can be inserted without being clamped (absolute).
+    #[inline]
+    pub(crate) fn floor(&self) -> u64 {
+        self.base.wrapping_add(self.cursor)
+    }
+
+    #[inline]
+    fn place(&mut self, links: &mut Links, n: NodeId, off: u64) {
+        let x = off ^ self.cursor;
+        let level = if x < 64 {
+            0
+        } else {
+            (63 - x.leading_zeros() as usize) / 6
+        };
+        let slot = ((off >> (6 * level)) & 63) as usize;
+        let tail = self.tails[level][slot];
+        let node = &mut links.nodes[n as usize];
+        node.prev = tail;
+        node.next = NIL;
+        node.loc = (level * 64 + slot) as u16;
+        if tail == NIL {
+            self.heads[level][slot] = n;
+            self.bitmaps[level] |= 1 << slot;
+            self.level_mask |= 1 << level;
+        } else {
+            links.nodes[tail as usize].next = n;
+        }
+        self.tails[level][slot] = n;
+    }
+
+    /// Inserts `n` with `key`; a key below [`Wheel::floor`] is clamped to it. Returns the
+    /// key actually stored.
+    #[inline]
+    pub(crate) fn insert(&mut self, links: &mut Links, n: NodeId, key: u64) -> u64 {
+        debug_assert!(!links.is_linked(n));
+        let floor = self.floor();
+        let key = later(key, floor);
+        links.nodes[n as usize].key = key;
+        let off = key.wrapping_sub(self.base);
+        self.place(links, n, off);
+        self.len += 1;
+        key
+    }
+
+    fn unlink_slot(&mut self, links: &mut Links, n: NodeId) {
+        let node = links.nodes[n as usize];
+        let level = node.loc as usize / 64;
+        let slot = node.loc as usize % 64;
+        if node.prev == NIL {
+            self.heads[level][slot] = node.next;
+        } else {
+            links.nodes[node.prev as usize].next = node.next;
+        }
+        if node.next == NIL {
+            self.tails[level][slot] = node.prev;
+        } else {
+            links.nodes[node.next as usize].prev = node.prev;
+        }
+        if self.heads[level][slot] == NIL {
+            self.bitmaps[level] &= !(1 << slot);
+            if self.bitmaps[level] == 0 {
+                self.level_mask &= !(1 << level);
+            }
+        }
+        let m = &mut links.nodes[n as usize];
+        m.loc = LOC_NONE;
+        m.prev = NIL;
+        m.next = NIL;
+    }
+
+    /// Removes `n`, which must be in this wheel.
+    #[inline]
+    pub(crate) fn remove(&mut self, links: &mut Links, n: NodeId) {
+        debug_assert!(links.nodes[n as usize].loc < LOC_LIST);
+        self.unlink_slot(links, n);
+        self.len -= 1;
+    }
+
+    /// Moves the minimum into level 0 and returns its node and key, without removing it.
+    pub(crate) fn peek(&mut self, links: &mut Links) -> Option<(NodeId, u64)> {
+        loop {
+            if self.level_mask == 0 {
+                return None;
+            }
+            let level = self.level_mask.trailing_zeros() as usize;
+            let slot = self.bitmaps[level].trailing_zeros() as usize;
+            let head = self.heads[level][slot];
+            if level == 0 {
+                return Some((head, links.nodes[head as usize].key));
+            }
+            // Advance the cursor to the start of this bucket and spread it one level down.
+            let shift = 6 * level;
+            let high = if shift + 6 >= 64 {
+                0
+            } else {
+                self.cursor >> (shift + 6) << (shift + 6)
+            };
+            self.cursor = high | ((slot as u64) << shift);
+            let mut n = head;
+            self.heads[level][slot] = NIL;
+            self.tails[level][slot] = NIL;
+            self.bitmaps[level] &= !(1 << slot);
+            if self.bitmaps[level] == 0 {
+                self.level_mask &= !(1 << level);
+            }
+            while n != NIL {
+                let next = links.nodes[n as usize].next;
+                let off = links.nodes[n as usize].key.wrapping_sub(self.base);
+                self.place(links, n, off);
+                n = next;
+            }
+        }
+    }
+
+    /// Removes and returns the minimum.
+    #[inline]
+    pub(crate) fn pop(&mut self, links: &mut Links) -> Option<(NodeId, u64)> {
+        let (n, key) = self.peek(links)?;
+        self.unlink_slot(links, n);
+        self.len -= 1;
+        self.cursor = key.wrapping_sub(self.base);
+        if self.cursor >= 1 << 62 {
+            self.rebase(links);
+        }
+        Some((n, key))
+    }
+
+    /// Removes and returns the minimum if its key is `<= limit` (for real-time timers).
+    #[inline]
+    pub(crate) fn pop_due(&mut self, links: &mut Links, limit: u64) -> Option<(NodeId, u64)> {
+        if self.level_mask == 0 {
+            return None;
+        }
+        // Cheap check first: the start of the lowest non-empty bucket bounds the minimum.
+        let level = self.level_mask.trailing_zeros() as usize;
+        let slot = self.bitmaps[level].trailing_zeros() as u64;
+        let shift = 6 * level;
+        let high = if shift + 6 >= 64 {
+            0
+        } else {
+            self.cursor >> (shift + 6) << (shift + 6)
+        };
+        let bucket_start = self.base.wrapping_add(high | (slot << shift));
+        if before(limit, bucket_start) {
+            return None;
+        }
+        let (_, key) = self.peek(links)?;
+        if before(limit, key) {
+            return None;
+        }
+        self.pop(links)
+    }
+
+    /// Smallest key, if any (may reorganise buckets).
+    #[inline]
+    pub(crate) fn min_key(&mut self, links: &mut Links) -> Option<u64> {
+        self.peek(links).map(|(_, k)| k)
+    }
+
+    /// Moves `base` up to the cursor so offsets stay far from overflow.
+    fn rebase(&mut self, links: &mut Links) {
+        let mut all = Vec::with_capacity(self.len as usize);
+        for level in 0..LEVELS {
+            for slot in 0..64 {
+                let mut n = self.heads[level][slot];
+                while n != NIL {
+                    all.push(n);
+                    n = links.nodes[n as usize].next;
+                }
+                self.heads[level][slot] = NIL;
+                self.tails[level][slot] = NIL;
+            }
+            self.bitmaps[level] = 0;
+        }
+        self.level_mask = 0;
+        self.base = self.base.wrapping_add(self.cursor);
+        self.cursor = 0;
+        // Re-insert in key order so equal keys keep FIFO order.
+        all.sort_by_key(|&n| links.nodes[n as usize].key.wrapping_sub(self.base));
+        for n in all {
+            let off = links.nodes[n as usize].key.wrapping_sub(self.base);
+            self.place(links, n, off);
+        }
+    }
+}
+
+/// Intrusive FIFO list over [`Links`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct List {
+    head: u32,
+    tail: u32,
+    len: u32,
+}
+
+impl Default for List {
+    fn default() -> Self {
+        List {
+            head: NIL,
+            tail: NIL,
+            len: 0,
+        }
+    }
+}
+
+impl List {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// First node and its key.
+    #[inline]
+    pub(crate) fn front(&self, links: &Links) -> Option<(NodeId, u64)> {
+        if self.head == NIL {
+            None
+        } else {
+            Some((self.head, links.nodes[self.head as usize].key))
+        }
+    }
+
+    #[inline]
+    pub(crate) fn push_back(&mut self, links: &mut Links, n: NodeId, key: u64) {
+        debug_assert!(!links.is_linked(n));
+        let node = &mut links.nodes[n as usize];
+        node.prev = self.tail;
+        node.next = NIL;
+        node.key = key;
+        node.loc = LOC_LIST;
+        if self.tail == NIL {
+            self.head = n;
+        } else {
+            links.nodes[self.tail as usize].next = n;
+        }
+        self.tail = n;
+        self.len += 1;
+    }
+
+    #[inline]
+    pub(crate) fn remove(&mut self, links: &mut Links, n: NodeId) {
+        let node = links.nodes[n as usize];
+        debug_assert_eq!(node.loc, LOC_LIST);
+        if node.prev == NIL {
+            self.head = node.next;
+        } else {
+            links.nodes[node.prev as usize].next = node.next;
+        }
+        if node.next == NIL {
+            self.tail = node.prev;
+        } else {
+            links.nodes[node.next as usize].prev = node.prev;
+        }
+        let m = &mut links.nodes[n as usize];
+        m.loc = LOC_NONE;
+        m.prev = NIL;
+        m.next = NIL;
+        self.len -= 1;
+    }
+
+    /// Removes every node, returning them in order.
+    #[cfg(test)]
+    pub(crate) fn take_all(&mut self, links: &mut Links) -> Vec<NodeId> {
+        let mut v = Vec::with_capacity(self.len as usize);
+        while let Some((n, _)) = self.front(links) {
+            self.remove(links, n);
+            v.push(n);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn pops_in_key_order_with_fifo_ties() {
+        let mut links = Links::new(8);
+        let mut w = Wheel::new(0);
+        for (n, k) in [(0, 500), (1, 70), (2, 70), (3, 1 << 40), (4, 3)] {
+            w.insert(&mut links, n, k);
+        }
+        let got: Vec<_> = std::iter::from_fn(|| w.pop(&mut links)).collect();
+        assert_eq!(got, vec![(4, 3), (1, 70), (2, 70), (0, 500), (3, 1 << 40)]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn clamps_keys_below_cursor_and_pop_due_respects_limit() {
+        let mut links = Links::new(4);
+        let mut w = Wheel::new(0);
+        w.insert(&mut links, 0, 1000);
+        assert_eq!(w.pop_due(&mut links, 999), None);
+        assert_eq!(w.pop_due(&mut links, 1000), Some((0, 1000)));
+        assert_eq!(w.insert(&mut links, 1, 10), 1000);
+        w.insert(&mut links, 2, 5000);
+        assert_eq!(w.pop_due(&mut links, 4999), Some((1, 1000)));
+        assert_eq!(w.pop_due(&mut links, 4999), None);
+        assert_eq!(w.pop(&mut links), Some((2, 5000)));
+    }
+
+    #[test]
+    fn wraps_around_u64() {
+        let mut links = Links::new(4);
+        let start = u64::MAX - 100;
+        let mut w = Wheel::new(start);
+        w.insert(&mut links, 0, start.wrapping_add(300)); // wrapped to 199
+        w.insert(&mut links, 1, start.wrapping_add(50));
+        assert_eq!(w.pop(&mut links), Some((1, start.wrapping_add(50))));
+        assert_eq!(w.pop(&mut links), Some((0, 199)));
+    }
+
+    #[test]
+    fn rebase_keeps_order() {
+        let mut links = Links::new(4);
+        let mut w = Wheel::new(0);
+        w.insert(&mut links, 0, (1 << 62) + 10);
+        w.insert(&mut links, 1, (1 << 62) + 5);
+        w.insert(&mut links, 2, (1 << 62) + 5);
+        assert_eq!(w.pop(&mut links), Some((1, (1 << 62) + 5)));
+        assert_eq!(w.pop(&mut links), Some((2, (1 << 62) + 5)));
+        assert_eq!(w.pop(&mut links), Some((0, (1 << 62) + 10)));
+    }
+
+    #[test]
+    fn list_fifo_and_remove() {
+        let mut links = Links::new(4);
+        let mut l = List::default();
+        l.push_back(&mut links, 0, 1);
+        l.push_back(&mut links, 1, 2);
+        l.push_back(&mut links, 2, 3);
+        l.remove(&mut links, 1);
+        assert_eq!(l.take_all(&mut links), vec![0, 2]);
+        assert!(l.is_empty());
+    }
+
+    proptest! {
+        // Against a reference model: any mix of insert / remove / pop gives the same minima.
+        #[test]
+        fn matches_reference(ops in proptest::collection::vec((0u8..3, 0u32..32, 0u64..1_000_000), 1..400)) {
+            let mut links = Links::new(32);
+            let mut w = Wheel::new(0);
+            let mut model: Vec<(u64, u64, u32)> = Vec::new(); // (key, seq, node)
+            let mut seq = 0u64;
+            for (op, node, delta) in ops {
+                match op {
+                    0 if !links.is_linked(node) => {
+                        let key = w.floor() + delta;
+                        let stored = w.insert(&mut links, node, key);
+                        prop_assert_eq!(stored, key);
+                        model.push((key, seq, node));
+                        seq += 1;
+                    }
+                    1 if links.is_linked(node) => {
+                        w.remove(&mut links, node);
+                        model.retain(|e| e.2 != node);
+                    }
+                    _ => {
+                        model.sort();
+                        let want = if model.is_empty() { None } else { let e = model.remove(0); Some((e.2, e.0)) };
+                        prop_assert_eq!(w.pop(&mut links), want);
+                    }
+                }
+                prop_assert_eq!(w.len() as usize, model.len());
+            }
+        }
+    }
+}
