@@ -151,7 +151,7 @@ pub mod connect_offset {
 pub struct PropertyGet {
     /// True for an 8-byte property access.
     pub size8: bool,
-    /// Property offset (see [`crate::regs::PropertyOffset`]).
+    /// Property offset (see [`crate::regs::offset`]).
     pub offset: u32,
     /// The raw ATTRIB byte, kept for reserved-bit checks.
     pub attrib: u8,

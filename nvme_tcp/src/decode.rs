@@ -676,7 +676,8 @@ impl Decoder {
                 if plen < TERM_HLEN as u32 || plen > (TERM_HLEN + TERM_MAX_DATA) as u32 {
                     return Err(ProtocolError::MalformedTermReq { plen });
                 }
-                if pdo != 0 {
+                // PDO is reserved; some senders point it at the error data
+                if pdo != 0 && pdo as usize != TERM_HLEN {
                     return Err(invalid(3, "PDO must be 0"));
                 }
                 info.data_len = plen - TERM_HLEN as u32;
@@ -849,7 +850,8 @@ impl Decoder {
                 }
             }
             PduType::H2CTermReq | PduType::C2HTermReq => {
-                self.check_zero(h, 14, TERM_HLEN)?;
+                // reserved bytes are not checked: the peer is closing anyway and
+                // its FES/FEI are worth reporting
                 let t = TermReq {
                     fes: le16(h, 8),
                     fei: le32(h, 10),

@@ -38,7 +38,7 @@
 //! LAST_PDU, HLEN per type, PDO alignment to the receiver's PDA and within
 //! PLEN, PLEN per type, data limits (in-capsule size, MAXH2CDATA), DATAL
 //! against the data length, PFV / PDA / DGST / MAXH2CDATA of IC PDUs,
-//! reserved bytes (configurable), header digest, data digest. Errors are
+//! reserved bytes (configurable; not in TermReqs), header digest, data digest. Errors are
 //! [`ProtocolError`]s with [`ProtocolError::fes`] / [`ProtocolError::fei`]
 //! (§3.6.2.5, figure 26). Transfer bookkeeping that needs command state
 //! (DATAO/DATAL within the R2T, R2T count against MAXR2T) is the caller's;

@@ -704,3 +704,25 @@ fn encode_into_slice_matches_vec_and_is_fully_initialized() {
         &[3, 0, 4, 0, 0, 0x20, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0]
     );
 }
+
+#[test]
+fn termreq_is_accepted_leniently() {
+    // PDO pointing at the error data and non-zero reserved bytes are tolerated:
+    // the peer is closing and its FES/FEI are what matters.
+    let mut t = [0u8; 64];
+    let n =
+        Encoder::term_req(Role::Controller, Fes::HeaderDigestError, 0, &[9; 8], &mut t).unwrap();
+    t[3] = 24;
+    t[20] = 0xff;
+    let got = decode_chunks(&mut host_dec(session(true, true, 0)), &t[..n], 3).unwrap();
+    assert_eq!(
+        got,
+        vec![Owned::Pdu(
+            Pdu::C2HTermReq(TermReq { fes: 3, fei: 0 }),
+            vec![9; 8]
+        )]
+    );
+    t[3] = 8;
+    let e = decode_chunks(&mut host_dec(session(false, false, 0)), &t[..n], 64).unwrap_err();
+    assert_eq!(e.fei(), 3);
+}
