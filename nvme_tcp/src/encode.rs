@@ -349,7 +349,9 @@ impl Encoder {
         put_ch(h, PduType::CapsuleCmd, fl, CAPSULE_CMD_HLEN, pdo, plen);
         h[CH_LEN..CAPSULE_CMD_HLEN].copy_from_slice(sqe.as_bytes());
         let end = finish_hdgst(h, CAPSULE_CMD_HLEN, hd);
-        h[end..].fill(0);
+        if end < n {
+            h[end..].fill(0);
+        }
         Ok(n)
     }
 
@@ -413,7 +415,9 @@ impl Encoder {
         put32(h, 16, datal);
         put32(h, 20, 0);
         let end = finish_hdgst(h, DATA_HLEN, hd);
-        h[end..].fill(0);
+        if end < n {
+            h[end..].fill(0);
+        }
         Ok(n)
     }
 
