@@ -7,7 +7,6 @@
 //! `latency` after its service ends. An idle device does not bank capacity. This gives QoS tests
 //! and demos a device whose capacity is known exactly.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -92,20 +91,40 @@ impl SimDevice {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Pending {
     due: u64,
-    op: IoType,
     bytes: u64,
     done: IoCompletion,
+    op: IoType,
 }
+
+const EMPTY: Pending = Pending {
+    due: 0,
+    bytes: 0,
+    done: IoCompletion {
+        tag: 0,
+        result: Ok(()),
+    },
+    op: IoType::Flush,
+};
 
 /// A channel's queue of finished-but-not-yet-delivered I/Os, ordered by due time.
 ///
 /// Due times of one channel never decrease (fixed latency, and a capacity model whose service
-/// end times grow monotonically), so a FIFO is enough.
+/// end times grow monotonically), so a FIFO is enough. It is a fixed ring of `cap` entries
+/// (rounded up to a power of two) indexed by free-running counters: no allocation and no
+/// wrap-around arithmetic on the I/O path.
 pub(crate) struct CompletionQueue {
-    q: VecDeque<Pending>,
+    ring: Box<[Pending]>,
+    mask: usize,
+    /// Next entry to deliver (free-running).
+    head: usize,
+    /// Next free entry (free-running).
+    tail: usize,
     cap: usize,
+    /// Whether the device has simulation knobs (else completions are due at once).
+    sim_active: bool,
     sim: Arc<SimDevice>,
     stats: Arc<SharedStats>,
     local: IoStats,
@@ -114,9 +133,15 @@ pub(crate) struct CompletionQueue {
 
 impl CompletionQueue {
     pub(crate) fn new(cap: usize, sim: Arc<SimDevice>, stats: Arc<SharedStats>) -> Self {
+        let cap = cap.max(1);
+        let size = cap.next_power_of_two();
         CompletionQueue {
-            q: VecDeque::with_capacity(cap),
+            ring: vec![EMPTY; size].into_boxed_slice(),
+            mask: size - 1,
+            head: 0,
+            tail: 0,
             cap,
+            sim_active: sim.params().is_active(),
             sim,
             stats,
             local: IoStats::default(),
@@ -126,12 +151,12 @@ impl CompletionQueue {
 
     #[inline]
     pub(crate) fn is_full(&self) -> bool {
-        self.q.len() >= self.cap
+        self.len() >= self.cap
     }
 
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.q.len()
+        self.tail.wrapping_sub(self.head)
     }
 
     #[inline]
@@ -139,36 +164,39 @@ impl CompletionQueue {
         self.cap
     }
 
-    /// Queues the completion of an I/O executed now.
+    /// Queues the completion of an I/O executed now. The caller checked [`is_full`](Self::is_full).
     #[inline]
     pub(crate) fn push(&mut self, op: IoType, bytes: u64, tag: u64, result: Result<(), IoError>) {
-        let due = if result.is_ok() {
+        debug_assert!(!self.is_full());
+        let due = if self.sim_active && result.is_ok() {
             self.sim.completion_time(self.now, bytes)
         } else {
             0
         };
-        self.q.push_back(Pending {
+        self.ring[self.tail & self.mask] = Pending {
             due,
-            op,
             bytes,
             done: IoCompletion { tag, result },
-        });
+            op,
+        };
+        self.tail = self.tail.wrapping_add(1);
     }
 
     /// Delivers every completion due at `now`.
     #[inline]
     pub(crate) fn poll(&mut self, now: u64, done: &mut dyn FnMut(IoCompletion)) -> usize {
         self.now = now;
-        let mut n = 0;
-        while let Some(p) = self.q.front() {
+        let start = self.head;
+        while self.head != self.tail {
+            let p = self.ring[self.head & self.mask];
             if p.due > now {
                 break;
             }
-            let p = self.q.pop_front().expect("front exists");
+            self.head = self.head.wrapping_add(1);
             self.local.count(p.op, p.bytes, p.done.result.is_ok());
             done(p.done);
-            n += 1;
         }
+        let n = self.head.wrapping_sub(start);
         if n != 0 {
             self.stats.add(&self.local);
             self.local = IoStats::default();

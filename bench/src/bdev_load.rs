@@ -10,7 +10,8 @@ use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
 
-use vmpath_bdev::{BlockDevice, DmaBuf, IoChannel, IoError, IoRequest, IoType, SgList};
+use vmpath_bdev::sync::{run_to_completion, SyncIoError};
+use vmpath_bdev::{BdevError, BlockDevice, DmaBuf, IoChannel, IoError, IoRequest, IoType, SgList};
 use vmpath_runtime::{PollStatus, Reactor};
 
 use crate::latency::LatencyHist;
@@ -22,6 +23,20 @@ pub enum LoadError {
     /// A parameter does not fit the device.
     #[error("invalid load parameter: {0}")]
     Invalid(String),
+    /// A channel could not be opened.
+    #[error("cannot open a channel: {0}")]
+    Channel(String),
+    /// A preparatory I/O failed.
+    #[error("{what} at block {lba}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Where.
+        lba: u64,
+        /// Why.
+        #[source]
+        source: SyncIoError,
+    },
     /// The device stopped completing I/O.
     #[error("no completion for {0} ms with {1} I/Os in flight")]
     Stalled(u64, usize),
@@ -366,6 +381,45 @@ impl State {
         }
         any
     }
+}
+
+/// Writes the whole device once with non-zero data and flushes it, so that reads afterwards
+/// hit real memory or real blocks (not holes, unwritten extents or the shared zero page).
+/// Blocking; call it before the measurement, on the thread that will run the load.
+pub fn prefill(dev: &dyn BlockDevice, clock: &dyn Fn() -> u64) -> Result<(), LoadError> {
+    let info = dev.info();
+    let mut chan = dev
+        .open_channel()
+        .map_err(|e: BdevError| LoadError::Channel(e.to_string()))?;
+    let mut buf = DmaBuf::with_align(1 << 20, info.buf_align.max(4096));
+    buf.as_mut_slice().fill(0x5a);
+    let chunk = (1u64 << 20) / info.block_size as u64;
+    let mut lba = 0;
+    while lba < info.num_blocks {
+        let n = chunk.min(info.num_blocks - lba) as u32;
+        let len = n as usize * info.block_size as usize;
+        let mut iovs = SgList::new();
+        // SAFETY: `buf` outlives the write, which run_to_completion waits for.
+        iovs.push(unsafe { buf.iovec(0..len) });
+        let req = IoRequest::with_iovs(IoType::Write, lba, n, iovs, lba);
+        run_to_completion(chan.as_mut(), req, clock, &mut |_| {}).map_err(|source| {
+            LoadError::Io {
+                what: "prefill write",
+                lba,
+                source,
+            }
+        })?;
+        lba += n as u64;
+    }
+    let flush = IoRequest::no_data(IoType::Flush, 0, 0, u64::MAX);
+    run_to_completion(chan.as_mut(), flush, clock, &mut |_| {}).map_err(|source| {
+        LoadError::Io {
+            what: "flush",
+            lba: 0,
+            source,
+        }
+    })?;
+    Ok(())
 }
 
 /// Runs `load` as a poller on `reactor`, polling it with `clock()` until the run is over.

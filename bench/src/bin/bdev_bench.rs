@@ -20,8 +20,8 @@ use vmpath_bdev::malloc::MallocBdev;
 use vmpath_bdev::null::NullBdev;
 use vmpath_bdev::sim::SimParams;
 use vmpath_bdev::uring::UringBdev;
-use vmpath_bdev::{BlockDevice, IoRequest, IoType};
-use vmpath_bench::bdev_load::{run_on_reactor, BdevLoad, LoadSpec, RwMode, StopAt};
+use vmpath_bdev::BlockDevice;
+use vmpath_bench::bdev_load::{prefill, run_on_reactor, BdevLoad, LoadSpec, RwMode, StopAt};
 use vmpath_bench::report::{micros, thousands, Table};
 use vmpath_bench::{cpu, latency::Percentiles};
 use vmpath_runtime::{now_ns, Reactor};
@@ -107,22 +107,6 @@ struct Args {
     seed: u64,
 }
 
-/// Writes the whole device once so reads hit real memory or blocks, not holes.
-fn prefill(dev: &dyn BlockDevice) -> Result<()> {
-    let info = dev.info();
-    let mut chan = dev.open_channel()?;
-    let chunk = (1u64 << 20) / info.block_size as u64;
-    let mut lba = 0;
-    while lba < info.num_blocks {
-        let n = chunk.min(info.num_blocks - lba) as u32;
-        let req = IoRequest::no_data(IoType::WriteZeroes, lba, n, lba);
-        vmpath_bdev::sync::run_to_completion(chan.as_mut(), req, &now_ns, &mut |_| {})
-            .with_context(|| format!("prefilling {} at block {lba}", info.name))?;
-        lba += n as u64;
-    }
-    Ok(())
-}
-
 /// Creates the uring backing file if needed; returns whether it was created.
 fn ensure_file(path: &Path, size: u64) -> Result<bool> {
     if let Ok(m) = std::fs::metadata(path) {
@@ -154,17 +138,23 @@ fn make_device(args: &Args, backend: Backend, max_qd: usize) -> Result<Arc<dyn B
         )?),
         Backend::Malloc => {
             let d = MallocBdev::new("malloc0", blocks, bs, SimParams::default())?;
-            prefill(&d)?;
+            prefill(&d, &now_ns).context("prefilling the device")?;
             Arc::new(d)
         }
         Backend::Uring => {
             let path = args.file.to_str().context("file path is not UTF-8")?;
             let mut d = UringBdev::new("uring0", path, Some(bs), args.direct)?;
             d.set_queue_depth((max_qd as u32).max(vmpath_bdev::uring::DEFAULT_QUEUE_DEPTH))?;
-            if !d.direct() && args.direct {
-                eprintln!("note: {path}: O_DIRECT refused by the file system, buffered I/O");
-            }
-            prefill(&d)?;
+            println!(
+                "uring: {path}, {} MiB, {}",
+                (d.info().num_blocks * bs as u64) >> 20,
+                if d.direct() {
+                    "O_DIRECT"
+                } else {
+                    "buffered (page cache)"
+                }
+            );
+            prefill(&d, &now_ns).context("prefilling the device")?;
             Arc::new(d)
         }
     })
