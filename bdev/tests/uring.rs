@@ -483,3 +483,53 @@ fn zeroing_falls_back_to_writes_on_tmpfs() {
     assert!(b[10 * 4096..590 * 4096].iter().all(|&x| x == 0));
     assert_eq!(&b[590 * 4096..], &data[590 * 4096..]);
 }
+
+/// A real block device, when one is offered for testing (its contents are overwritten!):
+/// `VMPATH_TEST_BLOCKDEV=/dev/loop0 cargo test -p vmpath-bdev --test uring`, e.g. after
+/// `losetup -f --show -b 4096 some.img`. Geometry comes from BLKGETSIZE64 / BLKSSZGET.
+#[test]
+fn block_device_from_env() {
+    let Ok(dev) = std::env::var("VMPATH_TEST_BLOCKDEV") else {
+        eprintln!("skipped: set VMPATH_TEST_BLOCKDEV to a scratch block device");
+        return;
+    };
+    let size = {
+        let f = std::fs::File::open(&dev).expect("open block device");
+        use std::io::Seek;
+        (&f).seek(std::io::SeekFrom::End(0)).expect("seek to end")
+    };
+    let d = UringBdev::new("blk", &dev, None, true).expect("open block device");
+    assert!(d.is_block_device());
+    let bs = d.info().block_size as usize;
+    assert!(bs == 512 || bs == 4096);
+    assert_eq!(d.info().num_blocks, size / bs as u64);
+    if bs == 4096 {
+        // Smaller blocks than the device's logical block size are refused.
+        assert!(matches!(
+            UringBdev::new("blk", &dev, Some(512), true),
+            Err(BdevError::InvalidParam { .. })
+        ));
+    }
+    let mut ch = d.open_channel().unwrap();
+    let mut data = vec![0u8; 32 * bs];
+    fill_pattern(&mut data, bs, 0, 77);
+    let last = d.info().num_blocks - 32;
+    for lba in [0, last] {
+        write_blocks(ch.as_mut(), bs, lba, &data);
+        assert_eq!(read_blocks(ch.as_mut(), bs, lba, 32).as_slice(), &data[..]);
+    }
+    for op in [IoType::Unmap, IoType::WriteZeroes] {
+        write_blocks(ch.as_mut(), bs, 0, &data);
+        let c = run_one(ch.as_mut(), IoRequest::no_data(op, 8, 8, 1));
+        assert_eq!(c.result, Ok(()), "{op:?}");
+        let b = read_blocks(ch.as_mut(), bs, 0, 32);
+        assert!(
+            b.as_slice()[8 * bs..16 * bs].iter().all(|&x| x == 0),
+            "{op:?} zeroes"
+        );
+        assert_eq!(&b.as_slice()[..8 * bs], &data[..8 * bs]);
+        assert_eq!(&b.as_slice()[16 * bs..], &data[16 * bs..]);
+    }
+    let c = run_one(ch.as_mut(), IoRequest::no_data(IoType::Flush, 0, 0, 2));
+    assert_eq!(c.result, Ok(()));
+}
