@@ -248,7 +248,7 @@ pub fn walk<M: GuestMemory + ?Sized>(
             if d.flags & VRING_DESC_F_NEXT != 0 {
                 return Err(ChainError::IndirectWithNext);
             }
-            if d.len == 0 || d.len as u64 % DESC_SIZE != 0 {
+            if d.len == 0 || !(d.len as u64).is_multiple_of(DESC_SIZE) {
                 return Err(ChainError::IndirectBadLength { len: d.len });
             }
             let entries = d.len / DESC_SIZE as u32;

@@ -249,7 +249,7 @@ impl VhostBlkController {
             return Err(cfg_err("socket_path", "must not be empty"));
         }
         let info = cfg.bdev.info().clone();
-        if info.block_size as u64 % blk::SECTOR_SIZE != 0 {
+        if !(info.block_size as u64).is_multiple_of(blk::SECTOR_SIZE) {
             return Err(cfg_err(
                 "bdev",
                 format!("block size {} is not a multiple of 512", info.block_size),

@@ -338,6 +338,11 @@ impl DriverQueue {
         Ok(self.free_descs.split_off(at).into_iter().rev().collect())
     }
 
+    /// The slot the next [`submit`](Self::submit) will use (write its data buffer first).
+    pub fn next_slot(&self) -> Option<u16> {
+        self.free_slots.last().copied()
+    }
+
     /// Takes a free slot (for hand-built chains).
     pub fn alloc_slot(&mut self) -> Result<u16, DriverError> {
         self.free_slots.pop().ok_or(DriverError::QueueFull)
@@ -952,13 +957,30 @@ impl BlkDriver {
         fe.get_vring_base(i).map_err(vu("GET_VRING_BASE"))
     }
 
-    /// Resets queue `i` like a guest driver resetting the device: stop it, clear the rings,
-    /// set it up again from index 0. Requests in flight on it are forgotten.
-    pub fn reset_queue(&mut self, i: usize) -> Result<(), DriverError> {
-        self.stop_queue(i)?;
-        self.queues[i].reset_rings()?;
+    /// Resets the device like a guest driver does (QEMU: stop every ring, drop the inflight
+    /// region, start again): `GET_VRING_BASE` on every queue, clear the rings, a fresh inflight
+    /// region, rings set up from index 0. Requests in flight are forgotten.
+    pub fn reset_device(&mut self) -> Result<(), DriverError> {
+        for i in 0..self.queues.len() {
+            self.stop_queue(i)?;
+        }
+        for q in &mut self.queues {
+            q.reset_rings()?;
+        }
         let mut fe = self.fe.take().ok_or(DriverError::NotConnected)?;
-        let r = self.setup_ring(&mut fe, i, 0);
+        let r = (|| {
+            if self.opts.inflight {
+                let ask = VhostUserInflight::new(0, 0, self.opts.num_queues, self.opts.queue_size);
+                let (info, file) = fe.get_inflight_fd(&ask).map_err(vu("GET_INFLIGHT_FD"))?;
+                fe.set_inflight_fd(&info, file.as_raw_fd())
+                    .map_err(vu("SET_INFLIGHT_FD"))?;
+                self.inflight = Some((info, file));
+            }
+            for i in 0..self.queues.len() {
+                self.setup_ring(&mut fe, i, 0)?;
+            }
+            Ok(())
+        })();
         self.fe = Some(fe);
         r
     }

@@ -575,10 +575,9 @@ impl Worker {
 
     fn poll(&mut self, r: &mut Reactor) -> PollStatus {
         let now = r.now();
-        let mut work = false;
-        if self.c.in_flight > 0 {
-            work |= self.reap(now);
-        }
+        // Always poll the device first, even with nothing in flight: simulated devices take
+        // their notion of `now` for new submissions from the last poll.
+        let mut work = self.reap(now);
         let mut pulled = false;
         if self.c.pulling() {
             pulled = self.pull(r, now);
@@ -594,11 +593,6 @@ impl Worker {
         if self.c.in_flight == 0 && !self.c.retired.is_empty() {
             self.c.retired.clear();
         }
-        if self.c.suspended && self.c.in_flight == 0 {
-            for w in self.c.suspend_waiters.drain(..) {
-                let _ = w.send(());
-            }
-        }
         if self.c.pulling() {
             work |= self.c.adapt_notifications(now, pulled);
         }
@@ -606,6 +600,11 @@ impl Worker {
             self.c.unregister_wake(r);
         }
         self.c.publish();
+        if self.c.suspended && self.c.in_flight == 0 {
+            for w in self.c.suspend_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
         if self.c.stopping.is_some() {
             self.maybe_finish_stop(r);
         }
