@@ -19,12 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rust_vhost::vhost_user::message::{
-    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags,
-    VhostUserInflight, VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures,
-    VhostUserShMemConfig, VhostUserSharedMsg, VhostUserSingleMemoryRegion,
-    VhostUserVringAddrFlags, VhostUserVringState,
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
 };
-use rust_vhost::vhost_user::{Error as VuError, GpuBackend, Result as VuResult, VhostUserBackendReqHandlerMut};
+use rust_vhost::vhost_user::{
+    Error as VuError, GpuBackend, Result as VuResult, VhostUserBackendReqHandlerMut,
+};
 use rust_vhost::VhostUserMemoryRegionBase;
 use vm_memory::GuestMemoryMmap;
 use vmpath_bdev::{BlockDevice, IoType};
@@ -181,7 +182,9 @@ impl BlkBackend {
         let v = &self.vrings[i];
         let s = &self.ctx.queue_state[i];
         s.running_on.store(
-            v.running.map(|r| self.ctx.reactors[r.reactor].id() as u64 + 1).unwrap_or(0),
+            v.running
+                .map(|r| self.ctx.reactors[r.reactor].id() as u64 + 1)
+                .unwrap_or(0),
             Ordering::Relaxed,
         );
         s.enabled.store(v.enabled, Ordering::Relaxed);
@@ -611,9 +614,12 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         {
             return Err(VuError::InvalidParam);
         }
-        let region = InflightRegion::create(inflight.num_queues, inflight.queue_size)
-            .map_err(io_err)?;
-        let file = region.file().try_clone().map_err(VuError::ReqHandlerError)?;
+        let region =
+            InflightRegion::create(inflight.num_queues, inflight.queue_size).map_err(io_err)?;
+        let file = region
+            .file()
+            .try_clone()
+            .map_err(VuError::ReqHandlerError)?;
         let reply = VhostUserInflight::new(
             region.mmap_size(),
             0,

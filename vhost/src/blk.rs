@@ -391,6 +391,9 @@ mod tests {
     #[test]
     fn id_is_truncated_and_padded() {
         assert_eq!(&id_bytes("abc")[..4], b"abc\0");
-        assert_eq!(id_bytes("0123456789abcdefghijXYZ"), *b"0123456789abcdefghij");
+        assert_eq!(
+            id_bytes("0123456789abcdefghijXYZ"),
+            *b"0123456789abcdefghij"
+        );
     }
 }

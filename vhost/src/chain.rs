@@ -371,7 +371,15 @@ mod tests {
     fn three_descriptor_request_is_split_into_segments() {
         let m = mem();
         put(&m, TABLE, 0, 0x4000, 16, VRING_DESC_F_NEXT, 5);
-        put(&m, TABLE, 5, 0x5000, 4096, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
+        put(
+            &m,
+            TABLE,
+            5,
+            0x5000,
+            4096,
+            VRING_DESC_F_NEXT | VRING_DESC_F_WRITE,
+            2,
+        );
         put(&m, TABLE, 2, 0x6000, 1, VRING_DESC_F_WRITE, 0);
         let c = run(&m, 0).unwrap();
         assert_eq!(c.segs.len(), 3);
@@ -438,7 +446,15 @@ mod tests {
         let m = mem();
         let ind = 0x8000;
         put(&m, ind, 0, 0x4000, 16, VRING_DESC_F_NEXT, 1);
-        put(&m, ind, 1, 0x5000, 512, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2);
+        put(
+            &m,
+            ind,
+            1,
+            0x5000,
+            512,
+            VRING_DESC_F_NEXT | VRING_DESC_F_WRITE,
+            2,
+        );
         put(&m, ind, 2, 0x6000, 1, VRING_DESC_F_WRITE, 0);
         put(&m, TABLE, 3, ind, 48, VRING_DESC_F_INDIRECT, 0);
         let c = run(&m, 3).unwrap();
@@ -453,7 +469,15 @@ mod tests {
             run(&m, 3),
             Err(ChainError::IndirectBadLength { len: 20 })
         ));
-        put(&m, TABLE, 3, ind, 48, VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT, 0);
+        put(
+            &m,
+            TABLE,
+            3,
+            ind,
+            48,
+            VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT,
+            0,
+        );
         assert_eq!(run(&m, 3), Err(ChainError::IndirectWithNext));
         put(&m, TABLE, 3, ind, 16 * 17, VRING_DESC_F_INDIRECT, 0);
         assert!(matches!(
@@ -480,7 +504,15 @@ mod tests {
     #[test]
     fn order_and_segment_count_faults() {
         let m = mem();
-        put(&m, TABLE, 0, 0x4000, 16, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 1);
+        put(
+            &m,
+            TABLE,
+            0,
+            0x4000,
+            16,
+            VRING_DESC_F_NEXT | VRING_DESC_F_WRITE,
+            1,
+        );
         put(&m, TABLE, 1, 0x5000, 16, VRING_DESC_F_NEXT, 2);
         put(&m, TABLE, 2, 0x6000, 1, VRING_DESC_F_WRITE, 0);
         assert_eq!(
@@ -488,7 +520,15 @@ mod tests {
             Some(SoftFault::ReadableAfterWritable)
         );
         for i in 0..12u16 {
-            put(&m, TABLE, i, 0x4000 + i as u64 * 16, 16, VRING_DESC_F_NEXT, i + 1);
+            put(
+                &m,
+                TABLE,
+                i,
+                0x4000 + i as u64 * 16,
+                16,
+                VRING_DESC_F_NEXT,
+                i + 1,
+            );
         }
         put(&m, TABLE, 12, 0x6000, 1, VRING_DESC_F_WRITE, 0);
         assert_eq!(

@@ -73,7 +73,9 @@ pub enum VhostError {
     #[error("controller {0} is not started")]
     NotStarted(String),
     /// In-flight requests did not finish in time (suspend).
-    #[error("controller {name}: {queues} queue(s) still have requests in flight after {timeout:?}")]
+    #[error(
+        "controller {name}: {queues} queue(s) still have requests in flight after {timeout:?}"
+    )]
     DrainTimeout {
         /// Controller.
         name: String,
@@ -236,7 +238,10 @@ impl VhostBlkController {
         {
             return Err(cfg_err(
                 "max_queue_size",
-                format!("must be a power of two up to 32768, got {}", cfg.max_queue_size),
+                format!(
+                    "must be a power of two up to 32768, got {}",
+                    cfg.max_queue_size
+                ),
             ));
         }
         if cfg.seg_max == 0 || cfg.size_max < 4096 {
@@ -490,7 +495,10 @@ fn bind_private(path: &Path) -> Result<UnixListener, VhostError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(sock_err(e)),
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let file = path.file_name().ok_or_else(|| {
         sock_err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -524,7 +532,12 @@ fn is_disconnect(e: &VuError) -> bool {
     )
 }
 
-fn control_thread(ctx: Arc<Ctx>, backend: SharedBackend, listener: UnixListener, stop: Arc<fs::File>) {
+fn control_thread(
+    ctx: Arc<Ctx>,
+    backend: SharedBackend,
+    listener: UnixListener,
+    stop: Arc<fs::File>,
+) {
     let stop_fd = stop.as_raw_fd();
     loop {
         match crate::sys::poll2(listener.as_raw_fd(), stop_fd, -1) {

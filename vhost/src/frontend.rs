@@ -18,9 +18,7 @@ use rust_vhost::vhost_user::message::{
 };
 use rust_vhost::vhost_user::{Frontend, VhostUserFrontend};
 use rust_vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
-};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::blk::{
@@ -738,7 +736,11 @@ impl BlkDriver {
                 what: "ftruncate",
                 source,
             })?;
-            ranges.push((GuestAddress(gpa), size as usize, Some(FileOffset::new(f, 0))));
+            ranges.push((
+                GuestAddress(gpa),
+                size as usize,
+                Some(FileOffset::new(f, 0)),
+            ));
         }
         let mem = GuestMemoryMmap::from_ranges_with_files(&ranges)
             .map_err(|e| DriverError::Memory(e.to_string()))?;
@@ -762,8 +764,8 @@ impl BlkDriver {
     /// owner, config, inflight region, memory, rings. On `reconnect`, the ring bases are the
     /// used indexes and the existing inflight region is handed back.
     fn handshake(&mut self, reconnect: bool) -> Result<(), DriverError> {
-        let mut fe = Frontend::connect(&self.path, self.opts.num_queues as u64)
-            .map_err(vu("connect"))?;
+        let mut fe =
+            Frontend::connect(&self.path, self.opts.num_queues as u64).map_err(vu("connect"))?;
         let offered = fe.get_features().map_err(vu("GET_FEATURES"))?;
         let mut want = bit(blk::VIRTIO_F_VERSION_1)
             | bit(blk::VHOST_USER_F_PROTOCOL_FEATURES)
@@ -832,7 +834,8 @@ impl BlkDriver {
                         .map_err(vu("SET_INFLIGHT_FD"))?;
                 }
                 _ => {
-                    let ask = VhostUserInflight::new(0, 0, self.opts.num_queues, self.opts.queue_size);
+                    let ask =
+                        VhostUserInflight::new(0, 0, self.opts.num_queues, self.opts.queue_size);
                     let (info, file) = fe.get_inflight_fd(&ask).map_err(vu("GET_INFLIGHT_FD"))?;
                     fe.set_inflight_fd(&info, file.as_raw_fd())
                         .map_err(vu("SET_INFLIGHT_FD"))?;
@@ -845,7 +848,8 @@ impl BlkDriver {
                 fe.add_mem_region(r).map_err(vu("ADD_MEM_REG"))?;
             }
         } else {
-            fe.set_mem_table(&self.regions).map_err(vu("SET_MEM_TABLE"))?;
+            fe.set_mem_table(&self.regions)
+                .map_err(vu("SET_MEM_TABLE"))?;
         }
         for i in 0..self.queues.len() {
             let base = if reconnect {
@@ -874,9 +878,11 @@ impl BlkDriver {
             log_addr: None,
         };
         fe.set_vring_addr(i, &cfg).map_err(vu("SET_VRING_ADDR"))?;
-        fe.set_vring_call(i, &q.call).map_err(vu("SET_VRING_CALL"))?;
+        fe.set_vring_call(i, &q.call)
+            .map_err(vu("SET_VRING_CALL"))?;
         fe.set_vring_err(i, &q.err).map_err(vu("SET_VRING_ERR"))?;
-        fe.set_vring_kick(i, &q.kick).map_err(vu("SET_VRING_KICK"))?;
+        fe.set_vring_kick(i, &q.kick)
+            .map_err(vu("SET_VRING_KICK"))?;
         fe.set_vring_enable(i, true)
             .map_err(vu("SET_VRING_ENABLE"))?;
         Ok(())

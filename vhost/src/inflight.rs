@@ -117,12 +117,11 @@ impl InflightRegion {
             });
         }
         let size = queue_area_size(queue_size) * num_queues as usize;
-        let file = crate::sys::memfd("vmpath-vhost-inflight").map_err(|source| {
-            InflightError::Os {
+        let file =
+            crate::sys::memfd("vmpath-vhost-inflight").map_err(|source| InflightError::Os {
                 what: "memfd_create",
                 source,
-            }
-        })?;
+            })?;
         file.set_len(size as u64)
             .map_err(|source| InflightError::Os {
                 what: "ftruncate",
@@ -227,8 +226,7 @@ impl InflightRegion {
         let s = self.slice();
         let version = u16::from_le(s.load::<u16>(base + 8, Ordering::Relaxed).unwrap_or(0));
         let desc_num = u16::from_le(s.load::<u16>(base + 10, Ordering::Relaxed).unwrap_or(0));
-        if version != INFLIGHT_VERSION || desc_num != queue_size || queue_size > self.queue_size
-        {
+        if version != INFLIGHT_VERSION || desc_num != queue_size || queue_size > self.queue_size {
             return Err(InflightError::Mismatch {
                 queue: index,
                 version,
@@ -328,9 +326,15 @@ impl InflightQueue {
     pub fn recover(&self, ring_used_idx: u16) -> Recovered {
         let s = self.region.slice();
         let mut out = Recovered::default();
-        let recorded = u16::from_le(s.load::<u16>(self.base + 14, Ordering::Acquire).unwrap_or(0));
+        let recorded = u16::from_le(
+            s.load::<u16>(self.base + 14, Ordering::Acquire)
+                .unwrap_or(0),
+        );
         if recorded != ring_used_idx {
-            let last = u16::from_le(s.load::<u16>(self.base + 12, Ordering::Acquire).unwrap_or(0));
+            let last = u16::from_le(
+                s.load::<u16>(self.base + 12, Ordering::Acquire)
+                    .unwrap_or(0),
+            );
             if self.is_inflight(last) {
                 self.unmark(last);
                 out.fixed_last_batch = true;

@@ -38,7 +38,9 @@ pub enum MemoryError {
         size: u64,
     },
     /// Mapping the region's file failed.
-    #[error("cannot map memory region gpa {gpa:#x} size {size:#x} at file offset {offset:#x}: {source}")]
+    #[error(
+        "cannot map memory region gpa {gpa:#x} size {size:#x} at file offset {offset:#x}: {source}"
+    )]
     Map {
         /// Guest physical address.
         gpa: u64,
@@ -109,7 +111,9 @@ fn map_region(d: RegionDesc, file: File) -> Result<Mapped, MemoryError> {
         gpa: d.gpa,
         size: d.size,
     };
-    if d.size == 0 || d.gpa.checked_add(d.size).is_none() || d.user_addr.checked_add(d.size).is_none()
+    if d.size == 0
+        || d.gpa.checked_add(d.size).is_none()
+        || d.user_addr.checked_add(d.size).is_none()
     {
         return Err(bad());
     }
@@ -310,7 +314,8 @@ mod tests {
             user_addr: 0x9000_0000,
             mmap_offset: 0,
         };
-        t.set(&[a, b], vec![memfd(0x10000), memfd(0x10000)]).unwrap();
+        t.set(&[a, b], vec![memfd(0x10000), memfd(0x10000)])
+            .unwrap();
         assert_eq!(t.va_to_gpa(0x7000_0100, 0x100), Some(0x100));
         assert_eq!(t.va_to_gpa(0x9000_0010, 16), Some(0x10010));
         assert_eq!(t.va_to_gpa(0x7000_ff00, 0x200), None);
@@ -351,10 +356,7 @@ mod tests {
             mmap_offset: 0,
         };
         t.add(a, memfd(0x10000)).unwrap();
-        let over = RegionDesc {
-            gpa: 0x8000,
-            ..a
-        };
+        let over = RegionDesc { gpa: 0x8000, ..a };
         assert!(matches!(
             t.add(over, memfd(0x10000)),
             Err(MemoryError::Overlap { .. })

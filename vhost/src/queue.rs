@@ -659,9 +659,10 @@ impl Worker {
             return did;
         }
         if pending > c.size {
-            c.mark_broken(
-                &format!("available index jumped from {next} to {avail} (queue size {})", c.size),
-            );
+            c.mark_broken(&format!(
+                "available index jumped from {next} to {avail} (queue size {})",
+                c.size
+            ));
             return did;
         }
         let n = (pending as usize).min(MAX_BATCH);
@@ -706,14 +707,7 @@ impl Worker {
             }
         }
         let mut chain = std::mem::take(&mut c.scratch);
-        let walked = chain::walk(
-            &*c.mem,
-            c.desc_gpa,
-            c.size,
-            head,
-            &c.limits,
-            &mut chain,
-        );
+        let walked = chain::walk(&*c.mem, c.desc_gpa, c.size, head, &c.limits, &mut chain);
         if let Err(e) = walked {
             c.scratch = chain;
             c.d.bad_chains += 1;

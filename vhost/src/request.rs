@@ -304,9 +304,7 @@ pub fn parse<M: GuestMemory + ?Sized>(
                 return Err(RequestError::BadFlags(seg.flags));
             }
             if seg.num_sectors > g.max_dwz_sectors {
-                return Err(RequestError::TooLarge(
-                    seg.num_sectors as u64 * SECTOR_SIZE,
-                ));
+                return Err(RequestError::TooLarge(seg.num_sectors as u64 * SECTOR_SIZE));
             }
             let (first, blocks) = block_range(g, seg.sector, seg.num_sectors as u64)?;
             Ok(Parsed::Io {
@@ -345,8 +343,11 @@ mod tests {
 
     fn setup(req_type: u32, sector: u64) -> GuestMemoryMmap {
         let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        m.write_slice(&ReqHeader { req_type, sector }.encode(), GuestAddress(0x100))
-            .unwrap();
+        m.write_slice(
+            &ReqHeader { req_type, sector }.encode(),
+            GuestAddress(0x100),
+        )
+        .unwrap();
         m
     }
 

@@ -171,8 +171,16 @@ fn every_request_type(o: DriverOptions, block_size: u32) {
     );
     d.set_writeback(true).unwrap();
     write(&mut d, 0, 4096, &data);
-    assert_eq!(bdev.stats().other_ops, device_flushes + 1, "write-back: no flush");
-    assert_eq!(ctrl.stats().flushes, flushes, "device flushes are not guest flushes");
+    assert_eq!(
+        bdev.stats().other_ops,
+        device_flushes + 1,
+        "write-back: no flush"
+    );
+    assert_eq!(
+        ctrl.stats().flushes,
+        flushes,
+        "device flushes are not guest flushes"
+    );
 
     let s = ctrl.stats();
     assert!(s.reads >= 8 && s.writes >= 6);
@@ -253,10 +261,14 @@ fn buffer_spanning_two_memory_regions_is_split() {
     )
     .unwrap();
     let ds = q.alloc_descs(3).unwrap();
-    q.write_desc(ds[0], a.hdr, 16, VRING_DESC_F_NEXT, ds[1]).unwrap();
-    q.write_desc(ds[1], buf, 8192, VRING_DESC_F_NEXT, ds[2]).unwrap();
-    q.write_desc(ds[2], a.status, 1, VRING_DESC_F_WRITE, 0).unwrap();
-    q.publish(ds[0], 1, ds.clone(), Some(slot), a.status).unwrap();
+    q.write_desc(ds[0], a.hdr, 16, VRING_DESC_F_NEXT, ds[1])
+        .unwrap();
+    q.write_desc(ds[1], buf, 8192, VRING_DESC_F_NEXT, ds[2])
+        .unwrap();
+    q.write_desc(ds[2], a.status, 1, VRING_DESC_F_WRITE, 0)
+        .unwrap();
+    q.publish(ds[0], 1, ds.clone(), Some(slot), a.status)
+        .unwrap();
     q.kick();
     let c = q.wait_for(1, T);
     assert_eq!(c[0].status, VIRTIO_BLK_S_OK);
@@ -273,7 +285,12 @@ fn multiqueue_spread_over_three_reactors() {
     wait_until("4 queues running", T, || {
         ctrl.info().queues.iter().all(|q| q.reactor.is_some())
     });
-    let on: Vec<_> = ctrl.info().queues.iter().map(|q| q.reactor.unwrap()).collect();
+    let on: Vec<_> = ctrl
+        .info()
+        .queues
+        .iter()
+        .map(|q| q.reactor.unwrap())
+        .collect();
     assert_eq!(on, vec![0, 1, 2, 0]);
     // 16 requests in flight on every queue at once, each writing its own range.
     for q in 0..4 {
@@ -282,9 +299,7 @@ fn multiqueue_spread_over_three_reactors() {
             let tag = q as u64 * 100 + i;
             let data = pattern(tag, 4096);
             queue.write_data(queue.next_slot().unwrap(), &data).unwrap();
-            queue
-                .submit(ReqKind::Write, tag * 8, 4096, tag)
-                .unwrap();
+            queue.submit(ReqKind::Write, tag * 8, 4096, tag).unwrap();
         }
     }
     for q in 0..4 {
@@ -309,7 +324,11 @@ fn multiqueue_spread_over_three_reactors() {
     });
     let info = ctrl.info();
     for q in &info.queues {
-        assert!(q.stats.writes >= 16 || q.stats.reads >= 16, "queue {} idle", q.index);
+        assert!(
+            q.stats.writes >= 16 || q.stats.reads >= 16,
+            "queue {} idle",
+            q.index
+        );
     }
     assert_eq!(info.total.writes, 64);
     assert_eq!(info.total.reads, 64);
@@ -339,11 +358,13 @@ fn raw_request(
     vm_memory::Bytes::write_obj(q.mem(), 0xffu8, vm_memory::GuestAddress(a.status)).unwrap();
     let ds = q.alloc_descs(3).unwrap();
     let addr = if data.0 == 0 { a.data } else { data.0 };
-    q.write_desc(ds[0], a.hdr, 16, VRING_DESC_F_NEXT, ds[1]).unwrap();
+    q.write_desc(ds[0], a.hdr, 16, VRING_DESC_F_NEXT, ds[1])
+        .unwrap();
     q.write_desc(ds[1], addr, data.1, data.2 | VRING_DESC_F_NEXT, ds[2])
         .unwrap();
     q.write_desc(ds[2], a.status, 1, status_flags, 0).unwrap();
-    q.publish(ds[0], 1, ds.clone(), Some(slot), a.status).unwrap();
+    q.publish(ds[0], 1, ds.clone(), Some(slot), a.status)
+        .unwrap();
     q.kick();
     (ds[0], a.data)
 }
@@ -374,14 +395,24 @@ fn bad_descriptors_fail_the_request_or_break_the_queue_never_the_target() {
     write(&mut d, 0, 0, &good);
 
     // 1. Data buffer outside guest memory: IOERR, nothing written.
-    raw_request(&mut d, blk::VIRTIO_BLK_T_OUT, (1 << 40, 4096, 0), VRING_DESC_F_WRITE);
+    raw_request(
+        &mut d,
+        blk::VIRTIO_BLK_T_OUT,
+        (1 << 40, 4096, 0),
+        VRING_DESC_F_WRITE,
+    );
     expect_status(&mut d, VIRTIO_BLK_S_IOERR);
     // Straddling the end of guest memory.
     let end = {
         use vm_memory::GuestMemoryBackend;
         d.mem().last_addr().0 + 1
     };
-    raw_request(&mut d, blk::VIRTIO_BLK_T_IN, (end - 512, 4096, VRING_DESC_F_WRITE), VRING_DESC_F_WRITE);
+    raw_request(
+        &mut d,
+        blk::VIRTIO_BLK_T_IN,
+        (end - 512, 4096, VRING_DESC_F_WRITE),
+        VRING_DESC_F_WRITE,
+    );
     expect_status(&mut d, VIRTIO_BLK_S_IOERR);
 
     // 2. A read into a device-readable (read-only) buffer: IOERR, buffer untouched.
@@ -391,15 +422,28 @@ fn bad_descriptors_fail_the_request_or_break_the_queue_never_the_target() {
         let a = q.slot(next);
         vm_memory::Bytes::write_slice(q.mem(), &[0x5a; 4096], vm_memory::GuestAddress(a.data))
             .unwrap();
-        raw_request(&mut d, blk::VIRTIO_BLK_T_IN, (a.data, 4096, 0), VRING_DESC_F_WRITE)
+        raw_request(
+            &mut d,
+            blk::VIRTIO_BLK_T_IN,
+            (a.data, 4096, 0),
+            VRING_DESC_F_WRITE,
+        )
     };
     expect_status(&mut d, VIRTIO_BLK_S_IOERR);
     let mut back = [0u8; 4096];
     vm_memory::Bytes::read_slice(d.mem(), &mut back, vm_memory::GuestAddress(data_gpa)).unwrap();
-    assert!(back.iter().all(|&b| b == 0x5a), "read-only buffer was written");
+    assert!(
+        back.iter().all(|&b| b == 0x5a),
+        "read-only buffer was written"
+    );
 
     // 3. A write whose data buffer is device-writable: IOERR.
-    raw_request(&mut d, blk::VIRTIO_BLK_T_OUT, (0, 4096, VRING_DESC_F_WRITE), VRING_DESC_F_WRITE);
+    raw_request(
+        &mut d,
+        blk::VIRTIO_BLK_T_OUT,
+        (0, 4096, VRING_DESC_F_WRITE),
+        VRING_DESC_F_WRITE,
+    );
     expect_status(&mut d, VIRTIO_BLK_S_IOERR);
 
     // 4. More segments than seg_max (4): IOERR.
@@ -409,7 +453,11 @@ fn bad_descriptors_fail_the_request_or_break_the_queue_never_the_target() {
         q.kick();
     }
     expect_status(&mut d, VIRTIO_BLK_S_IOERR);
-    assert_eq!(read(&mut d, 0, 0, 4096), good, "failed requests wrote nothing");
+    assert_eq!(
+        read(&mut d, 0, 0, 4096),
+        good,
+        "failed requests wrote nothing"
+    );
 
     let s = ctrl.stats();
     assert!(s.bad_chains >= 3, "{s:?}");
@@ -420,8 +468,10 @@ fn bad_descriptors_fail_the_request_or_break_the_queue_never_the_target() {
         let q = d.queue(0);
         let ds = q.alloc_descs(2).unwrap();
         let a = q.slot(0);
-        q.write_desc(ds[0], a.hdr, 16, VRING_DESC_F_NEXT, ds[1]).unwrap();
-        q.write_desc(ds[1], a.data, 512, VRING_DESC_F_NEXT, ds[0]).unwrap();
+        q.write_desc(ds[0], a.hdr, 16, VRING_DESC_F_NEXT, ds[1])
+            .unwrap();
+        q.write_desc(ds[1], a.data, 512, VRING_DESC_F_NEXT, ds[0])
+            .unwrap();
         q.publish(ds[0], 77, ds.clone(), None, a.status).unwrap();
         q.kick();
     }
@@ -444,7 +494,8 @@ fn bad_descriptors_fail_the_request_or_break_the_queue_never_the_target() {
         let q = d.queue(0);
         let ds = q.alloc_descs(1).unwrap();
         let a = q.slot(1);
-        q.write_desc(ds[0], a.data, 16 * 128, VRING_DESC_F_INDIRECT, 0).unwrap();
+        q.write_desc(ds[0], a.data, 16 * 128, VRING_DESC_F_INDIRECT, 0)
+            .unwrap();
         q.publish(ds[0], 78, ds.clone(), None, a.status).unwrap();
         q.kick();
     }
@@ -452,7 +503,12 @@ fn bad_descriptors_fail_the_request_or_break_the_queue_never_the_target() {
     d.reset_device().unwrap();
 
     // 7. Status descriptor not writable: no status byte, broken.
-    raw_request(&mut d, blk::VIRTIO_BLK_T_IN, (0, 512, VRING_DESC_F_WRITE), 0);
+    raw_request(
+        &mut d,
+        blk::VIRTIO_BLK_T_IN,
+        (0, 512, VRING_DESC_F_WRITE),
+        0,
+    );
     wait_until("queue marked broken", T, || ctrl.stats().needs_reset == 3);
     d.reset_device().unwrap();
 
@@ -484,13 +540,21 @@ fn suspend_stops_pulling_lets_inflight_finish_and_resume_continues() {
     let dir = TempDir::new("suspend");
     let sock = dir.sock("disk.sock");
     // 30 ms per I/O so requests are really in flight when we suspend.
-    let ctrl = controller(&sock, malloc("m0", 8, 512, 30_000_000), &reactors, 2, |_| {});
+    let ctrl = controller(
+        &sock,
+        malloc("m0", 8, 512, 30_000_000),
+        &reactors,
+        2,
+        |_| {},
+    );
     let mut d = BlkDriver::connect(&sock, opts(2)).unwrap();
     for q in 0..2 {
         let queue = d.queue(q);
         for i in 0..8u64 {
             let tag = q as u64 * 10 + i;
-            queue.write_data(queue.next_slot().unwrap(), &pattern(tag, 4096)).unwrap();
+            queue
+                .write_data(queue.next_slot().unwrap(), &pattern(tag, 4096))
+                .unwrap();
             queue.submit(ReqKind::Write, tag * 8, 4096, tag).unwrap();
         }
         queue.kick();
@@ -498,7 +562,11 @@ fn suspend_stops_pulling_lets_inflight_finish_and_resume_continues() {
     wait_until("requests in flight", T, || ctrl.stats().in_flight > 0);
     ctrl.suspend().unwrap();
     assert!(ctrl.is_suspended());
-    assert_eq!(ctrl.stats().in_flight, 0, "suspend returned with I/O in flight");
+    assert_eq!(
+        ctrl.stats().in_flight,
+        0,
+        "suspend returned with I/O in flight"
+    );
     // Everything pulled before the suspend completed; collect it.
     let mut done: Vec<_> = Vec::new();
     for q in 0..2 {
@@ -518,13 +586,19 @@ fn suspend_stops_pulling_lets_inflight_finish_and_resume_continues() {
     for q in 0..2 {
         let mut out = Vec::new();
         d.queue(q).poll(&mut out);
-        assert!(out.is_empty(), "queue {q} completed while suspended: {out:?}");
+        assert!(
+            out.is_empty(),
+            "queue {q} completed while suspended: {out:?}"
+        );
     }
     ctrl.resume();
     assert!(!ctrl.is_suspended());
     let mut total = before;
     for q in 0..2 {
-        let left = 9 - done.iter().filter(|c| (c.tag / 10) as usize == q && c.tag < 500).count();
+        let left = 9 - done
+            .iter()
+            .filter(|c| (c.tag / 10) as usize == q && c.tag < 500)
+            .count();
         let c = d.queue(q).wait_for(left, T);
         assert_eq!(c.len(), left);
         assert!(c.iter().all(|c| c.status == VIRTIO_BLK_S_OK));
@@ -548,14 +622,21 @@ fn reconnect_reruns_inflight(restart_target: bool) {
     let mut d = BlkDriver::connect(&sock, opts(2)).unwrap();
     // Complete a first batch normally so the rings are not at index 0.
     for q in 0..2 {
-        write(&mut d, q, 4000 + q as u64 * 8, &pattern(900 + q as u64, 4096));
+        write(
+            &mut d,
+            q,
+            4000 + q as u64 * 8,
+            &pattern(900 + q as u64, 4096),
+        );
     }
     let n = 12u64;
     for q in 0..2 {
         let queue = d.queue(q);
         for i in 0..n {
             let tag = q as u64 * 100 + i;
-            queue.write_data(queue.next_slot().unwrap(), &pattern(tag, 4096)).unwrap();
+            queue
+                .write_data(queue.next_slot().unwrap(), &pattern(tag, 4096))
+                .unwrap();
             queue.submit(ReqKind::Write, tag * 8, 4096, tag).unwrap();
         }
         queue.kick();
@@ -582,13 +663,21 @@ fn reconnect_reruns_inflight(restart_target: bool) {
         let c = d.queue(q).wait_for(n as usize - already, T);
         got.extend(c);
     }
-    assert_eq!(got.len(), 2 * n as usize, "every request completes exactly once");
+    assert_eq!(
+        got.len(),
+        2 * n as usize,
+        "every request completes exactly once"
+    );
     let mut tags: Vec<_> = got.iter().map(|c| c.tag).collect();
     tags.sort_unstable();
     tags.dedup();
     assert_eq!(tags.len(), 2 * n as usize, "no request completed twice");
     assert!(got.iter().all(|c| c.status == VIRTIO_BLK_S_OK));
-    assert!(ctrl.stats().resubmitted > 0, "nothing was re-run: {:?}", ctrl.stats());
+    assert!(
+        ctrl.stats().resubmitted > 0,
+        "nothing was re-run: {:?}",
+        ctrl.stats()
+    );
     for q in 0..2u64 {
         for i in 0..n {
             let tag = q * 100 + i;
@@ -613,7 +702,13 @@ fn disconnect_without_inflight_region_then_fresh_connection_works() {
     let reactors = Reactors::start(1);
     let dir = TempDir::new("noinflight");
     let sock = dir.sock("disk.sock");
-    let ctrl = controller(&sock, malloc("m0", 8, 512, 20_000_000), &reactors, 1, |_| {});
+    let ctrl = controller(
+        &sock,
+        malloc("m0", 8, 512, 20_000_000),
+        &reactors,
+        1,
+        |_| {},
+    );
     let o = DriverOptions {
         inflight: false,
         ..opts(1)
@@ -627,7 +722,9 @@ fn disconnect_without_inflight_region_then_fresh_connection_works() {
     wait_until("requests in flight", T, || ctrl.stats().in_flight > 0);
     drop(d);
     wait_until("disconnect noticed", T, || !ctrl.is_connected());
-    wait_until("in-flight requests drained", T, || ctrl.stats().in_flight == 0);
+    wait_until("in-flight requests drained", T, || {
+        ctrl.stats().in_flight == 0
+    });
     let mut d = BlkDriver::connect(&sock, o).unwrap();
     let data = pattern(5, 4096);
     write(&mut d, 0, 0, &data);
@@ -687,18 +784,32 @@ fn gate_holds_requests_in_order_and_releases_them() {
     let mut d = BlkDriver::connect(&sock, opts(1)).unwrap();
     let q = d.queue(0);
     for i in 0..8u64 {
-        q.write_data(q.next_slot().unwrap(), &pattern(i, 4096)).unwrap();
+        q.write_data(q.next_slot().unwrap(), &pattern(i, 4096))
+            .unwrap();
         q.submit(ReqKind::Write, i * 8, 4096, i).unwrap();
     }
     q.kick();
     let first = q.wait_for(3, T);
-    assert_eq!(first.iter().map(|c| c.tag).collect::<Vec<_>>(), vec![0, 1, 2]);
-    assert!(q.wait_for(1, Duration::from_millis(100)).is_empty(), "gate let a request through");
+    assert_eq!(
+        first.iter().map(|c| c.tag).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert!(
+        q.wait_for(1, Duration::from_millis(100)).is_empty(),
+        "gate let a request through"
+    );
     assert!(ctrl.stats().gate_holds > 0);
-    assert_eq!(ctrl.stats().in_flight, 1, "the held request counts as in flight");
+    assert_eq!(
+        ctrl.stats().in_flight,
+        1,
+        "the held request counts as in flight"
+    );
     gate.budget.store(100, Ordering::SeqCst);
     let rest = q.wait_for(5, T);
-    assert_eq!(rest.iter().map(|c| c.tag).collect::<Vec<_>>(), vec![3, 4, 5, 6, 7]);
+    assert_eq!(
+        rest.iter().map(|c| c.tag).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6, 7]
+    );
     assert_eq!(gate.completed.load(Ordering::SeqCst), 8);
     for i in 0..8u64 {
         assert_eq!(read(&mut d, 0, i * 8, 4096), pattern(i, 4096));
@@ -738,9 +849,15 @@ fn notifications_are_suppressed_while_busy_and_reenabled_when_idle() {
         assert_eq!(q.wait_for(1, T).len(), 1);
     }
     assert!(saw_suppressed, "kicks were never suppressed while busy");
-    assert!(q.kicks < 200, "every request needed a kick ({} kicks)", q.kicks);
+    assert!(
+        q.kicks < 200,
+        "every request needed a kick ({} kicks)",
+        q.kicks
+    );
     // Idle again: re-enabled.
-    wait_until("kicks re-enabled", T, || !d.queue(0).device_suppresses_kicks());
+    wait_until("kicks re-enabled", T, || {
+        !d.queue(0).device_suppresses_kicks()
+    });
     assert!(ctrl.stats().notify_enables >= 2);
     // One interrupt per completion batch at most.
     let s = ctrl.stats();

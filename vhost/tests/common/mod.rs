@@ -120,13 +120,7 @@ pub fn controller(
     num_queues: u16,
     tweak: impl FnOnce(&mut VhostBlkConfig),
 ) -> VhostBlkController {
-    let mut cfg = VhostBlkConfig::new(
-        "disk0",
-        sock,
-        bdev,
-        "vm-a",
-        reactors.handles.clone(),
-    );
+    let mut cfg = VhostBlkConfig::new("disk0", sock, bdev, "vm-a", reactors.handles.clone());
     cfg.num_queues = num_queues;
     cfg.drain_timeout = Duration::from_secs(10);
     tweak(&mut cfg);
@@ -158,7 +152,14 @@ pub fn pattern(tag: u64, len: usize) -> Vec<u8> {
 }
 
 /// Submits one request on queue `q`, kicks, and waits for its completion.
-pub fn run_one(d: &mut BlkDriver, q: usize, kind: ReqKind, sector: u64, len: u32, data: Option<&[u8]>) -> (Completion, Vec<u8>) {
+pub fn run_one(
+    d: &mut BlkDriver,
+    q: usize,
+    kind: ReqKind,
+    sector: u64,
+    len: u32,
+    data: Option<&[u8]>,
+) -> (Completion, Vec<u8>) {
     let queue = d.queue(q);
     // The data must be in place before the device can see the request: write it first.
     if let Some(data) = data {
@@ -180,7 +181,9 @@ pub fn write(d: &mut BlkDriver, q: usize, sector: u64, data: &[u8]) {
     let queue = d.queue(q);
     let slot = queue.next_slot().unwrap();
     queue.write_data(slot, data).unwrap();
-    let got = queue.submit(ReqKind::Write, sector, data.len() as u32, 1).unwrap();
+    let got = queue
+        .submit(ReqKind::Write, sector, data.len() as u32, 1)
+        .unwrap();
     assert_eq!(got, slot);
     queue.kick();
     let c = queue.wait_for(1, T);
