@@ -340,7 +340,7 @@ impl Shard {
     /// alone (limit, reservation or fail-after timers); capacity and path events also
     /// release requests, on the next poll after they happen.
     pub fn next_deadline(&mut self) -> Option<u64> {
-        self.timers.min_key(&mut self.links)
+        self.timers.min_key(&self.links)
     }
 
     // ----- epoch / parameter refresh -----------------------------------------------------
@@ -674,8 +674,10 @@ impl Shard {
             St::Idle => {}
             St::Limit => self.timers.remove(&mut self.links, tnode(i)),
             St::Eligible => {
-                if let Some(w) = self.share[class * NT + t].as_mut() {
-                    w.remove(&mut self.links, snode(i));
+                if self.links.is_linked(snode(i)) {
+                    if let Some(w) = self.share[class * NT + t].as_mut() {
+                        w.remove(&mut self.links, snode(i));
+                    }
                 }
                 self.share_len[class] -= 1;
                 match resv {
@@ -1026,38 +1028,60 @@ impl Shard {
                 continue;
             }
             // Proportional phase: highest class, smallest start tag.
-            let mut cand = None;
-            for c in 0..PriorityClass::COUNT {
-                if self.share_len[c] == 0 {
-                    continue;
-                }
-                let kp = match self.share[c * NT + p].as_mut() {
-                    Some(w) if !w.is_empty() => w.peek(&mut self.links),
-                    _ => None,
-                };
-                let ka = match self.share[c * NT + ANY].as_mut() {
-                    Some(w) if any_ok && !w.is_empty() => w.peek(&mut self.links),
-                    _ => None,
-                };
-                cand = match (kp, ka) {
-                    (Some(a), Some(b)) => Some((c, if before(b.1, a.1) { b } else { a })),
-                    (a, b) => a.or(b).map(|x| (c, x)),
-                };
-                if cand.is_some() {
-                    break;
-                }
-            }
-            let Some((c, (n, key))) = cand else { break };
+            let Some((c, n, key)) = self.share_front(p, any_ok) else { break };
             if self.multi && self.gated_by_others(p, c, key, now) {
                 self.gated = true;
+                return;
+            }
+            self.dispatch_head(n as usize / 3, Phase::Share(key), p, now, out);
+        }
+        // The path is full. A limit-paced VM first in share order does not lose its turn:
+        // it may take one of a few overbooking slots, so waiting for a slot never costs it
+        // throughput (its limit tag is never claimed early, so the limit stays exact).
+        let cap = pl.max_outstanding().saturating_add(pl.max_outstanding() / 8 + 1);
+        while out.len() < limit && pl.outstanding_ios() < cap {
+            let Some((c, n, key)) = self.share_front(p, any_ok) else { break };
+            if !self.vms[n as usize / 3].p.has_limit()
+                || (self.multi && self.gated_by_others(p, c, key, now))
+            {
                 break;
             }
             self.dispatch_head(n as usize / 3, Phase::Share(key), p, now, out);
         }
     }
 
-    /// Cross-shard fairness gate: another shard has an older (or higher-class) request
-    /// waiting for the same path, beyond the configured slack.
+    /// Highest-class, smallest-start head competing for path `p`: (class, node, true start).
+    /// The wheels order by their (possibly clamped) keys; comparisons across wheels and
+    /// shards use the heads' true start tags.
+    fn share_front(&mut self, p: usize, any_ok: bool) -> Option<(usize, NodeId, u64)> {
+        for c in 0..PriorityClass::COUNT {
+            if self.share_len[c] == 0 {
+                continue;
+            }
+            let kp = match self.share[c * NT + p].as_mut() {
+                Some(w) if !w.is_empty() => w.peek(&self.links),
+                _ => None,
+            };
+            let ka = match self.share[c * NT + ANY].as_mut() {
+                Some(w) if any_ok && !w.is_empty() => w.peek(&self.links),
+                _ => None,
+            };
+            let true_key =
+                |x: Option<(NodeId, u64)>| x.map(|(n, _)| (n, self.vms[n as usize / 3].start));
+            let cand = match (true_key(kp), true_key(ka)) {
+                (Some(a), Some(b)) => Some(if before(b.1, a.1) { b } else { a }),
+                (a, b) => a.or(b),
+            };
+            if let Some((n, k)) = cand {
+                return Some((c, n, k));
+            }
+        }
+        None
+    }
+
+    /// Cross-shard fairness gate: another shard has a reservation-due request, a
+    /// higher-class request, or a same-class request older by more than the slack, waiting
+    /// for the same path.
     fn gated_by_others(&self, p: usize, class: usize, key: u64, now: u64) -> bool {
         let slack = self.d.slack_v;
         for (j, o) in self.s.shards.iter().enumerate() {
@@ -1072,10 +1096,10 @@ impl Shard {
                 if oc == PUB_NONE {
                     continue;
                 }
-                if (oc as usize) < class {
+                if (oc as usize) < class + 1 {
                     return true;
                 }
-                if oc as usize == class && before(o.pub_key[t].load(Relaxed).wrapping_add(slack), key) {
+                if oc as usize == class + 1 && before(o.pub_key[t].load(Relaxed).wrapping_add(slack), key) {
                     return true;
                 }
             }
@@ -1108,6 +1132,14 @@ impl Shard {
         } else {
             usize::from(self.vms[i].target)
         };
+        if let Phase::Share(_) = phase {
+            // Extract (not just remove) so the wheel's cursor follows virtual time.
+            let l = &self.vms[i];
+            let w = usize::from(l.in_class) * NT + usize::from(l.target);
+            if let Some(w) = self.share[w].as_mut() {
+                w.extract(&mut self.links, snode(i));
+            }
+        }
         self.unlink(i);
         match phase {
             Phase::Reservation => self.advance_resv(i, e.bytes, now),
@@ -1212,15 +1244,19 @@ impl Shard {
         while m != 0 {
             let t = m.trailing_zeros() as usize;
             m &= m - 1;
-            let mut best = None;
+            // Class 0 = reservation-due requests (served before any share-phase request);
+            // priority classes follow as 1 + index.
+            let mut best = self.resv_due[t].front(&self.links).map(|(_, k)| (0u32, k));
             for c in 0..PriorityClass::COUNT {
+                if best.is_some() {
+                    break;
+                }
                 if self.share_len[c] == 0 {
                     continue;
                 }
                 if let Some(w) = self.share[c * NT + t].as_mut() {
-                    if let Some(k) = w.min_key(&mut self.links) {
-                        best = Some((c as u32, k));
-                        break;
+                    if let Some((n, _)) = w.peek(&self.links) {
+                        best = Some((c as u32 + 1, self.vms[n as usize / 3].start));
                     }
                 }
             }
@@ -1266,5 +1302,31 @@ impl Shard {
         }
         self.held = 0;
         out.len() - first
+    }
+}
+
+#[cfg(test)]
+impl Shard {
+    pub(crate) fn debug_vm(&self, i: usize) -> String {
+        let l = &self.vms[i];
+        let t = &self.s.vms[i].tags;
+        format!(
+            "st={:?} target={} q={} start={} has_start={} L={} P={} vloc={} vglob={} pending_mask={:#x} held={} pub=({},{}) contended={:#x} gated={}",
+            l.st,
+            l.target,
+            l.queue.len(),
+            l.start,
+            l.has_start,
+            t.l_io.load(Relaxed),
+            t.p.load(Relaxed),
+            self.v_local,
+            self.v_global,
+            self.pending_mask,
+            self.held,
+            self.s.shards[self.me].pub_class[0].load(Relaxed),
+            self.s.shards[self.me].pub_key[0].load(Relaxed),
+            self.s.shards[self.me].contended.0.load(Relaxed),
+            self.gated,
+        )
     }
 }

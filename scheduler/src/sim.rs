@@ -339,6 +339,11 @@ impl Sim {
         &self.sched
     }
 
+    #[cfg(test)]
+    pub(crate) fn shard_mut(&mut self, i: usize) -> &mut Shard {
+        &mut self.shards[i]
+    }
+
     /// Simulated time.
     pub fn now(&self) -> u64 {
         self.now

@@ -76,17 +76,19 @@ pub(crate) fn later(a: u64, b: u64) -> u64 {
     }
 }
 
-/// Hierarchical bucket queue; see the module docs.
+/// Hierarchical bucket queue (radix heap); see the module docs.
 #[derive(Debug)]
 pub(crate) struct Wheel {
     base: u64,
-    /// Offset (from `base`) of the smallest key that may still be queued.
+    /// Offset (from `base`) of the last extracted key; every queued key is >= it.
     cursor: u64,
     level_mask: u32,
     bitmaps: [u64; LEVELS],
     heads: [[u32; 64]; LEVELS],
     tails: [[u32; 64]; LEVELS],
     len: u32,
+    /// Cached minimum (node, key), valid until it is removed or a smaller key arrives.
+    min: Option<(NodeId, u64)>,
 }
 
 impl Wheel {
@@ -99,6 +101,7 @@ impl Wheel {
             heads: [[NIL; 64]; LEVELS],
             tails: [[NIL; 64]; LEVELS],
             len: 0,
+            min: None,
         }
     }
 
@@ -112,7 +115,7 @@ impl Wheel {
         self.len == 0
     }
 
-    /// Smallest key that can be inserted without being clamped (absolute).
+    /// Smallest key that can be inserted without being clamped (the last extracted key).
     #[inline]
     pub(crate) fn floor(&self) -> u64 {
         self.base.wrapping_add(self.cursor)
@@ -147,16 +150,20 @@ impl Wheel {
     #[inline]
     pub(crate) fn insert(&mut self, links: &mut Links, n: NodeId, key: u64) -> u64 {
         debug_assert!(!links.is_linked(n));
-        let floor = self.floor();
-        let key = later(key, floor);
+        let key = later(key, self.floor());
         links.nodes[n as usize].key = key;
         let off = key.wrapping_sub(self.base);
         self.place(links, n, off);
         self.len += 1;
+        if let Some((_, m)) = self.min {
+            if before(key, m) {
+                self.min = Some((n, key));
+            }
+        }
         key
     }
 
-    fn unlink_slot(&mut self, links: &mut Links, n: NodeId) {
+    fn unlink_slot(&mut self, links: &mut Links, n: NodeId) -> (usize, usize) {
         let node = links.nodes[n as usize];
         let level = node.loc as usize / 64;
         let slot = node.loc as usize % 64;
@@ -180,94 +187,118 @@ impl Wheel {
         m.loc = LOC_NONE;
         m.prev = NIL;
         m.next = NIL;
+        (level, slot)
     }
 
-    /// Removes `n`, which must be in this wheel.
+    /// Removes `n`, which must be in this wheel, without moving the cursor.
     #[inline]
     pub(crate) fn remove(&mut self, links: &mut Links, n: NodeId) {
         debug_assert!(links.nodes[n as usize].loc < LOC_LIST);
         self.unlink_slot(links, n);
         self.len -= 1;
+        if self.min.is_some_and(|(m, _)| m == n) {
+            self.min = None;
+        }
     }
 
-    /// Moves the minimum into level 0 and returns its node and key, without removing it.
-    pub(crate) fn peek(&mut self, links: &mut Links) -> Option<(NodeId, u64)> {
-        loop {
-            if self.level_mask == 0 {
-                return None;
+    /// The minimum (first inserted among equal keys), without removing it. O(1) when it
+    /// is in level 0 or cached; otherwise one scan of the lowest bucket, which the next
+    /// [`Wheel::extract`] redistributes (each node is scanned O([`LEVELS`]) times in its
+    /// life when the minimum is extracted after a peek).
+    #[inline]
+    pub(crate) fn peek(&mut self, links: &Links) -> Option<(NodeId, u64)> {
+        if self.min.is_some() {
+            return self.min;
+        }
+        if self.level_mask == 0 {
+            return None;
+        }
+        let level = self.level_mask.trailing_zeros() as usize;
+        let slot = self.bitmaps[level].trailing_zeros() as usize;
+        let mut n = self.heads[level][slot];
+        let mut best = (n, links.nodes[n as usize].key);
+        if level > 0 {
+            while n != NIL {
+                let k = links.nodes[n as usize].key;
+                if before(k, best.1) {
+                    best = (n, k);
+                }
+                n = links.nodes[n as usize].next;
             }
-            let level = self.level_mask.trailing_zeros() as usize;
-            let slot = self.bitmaps[level].trailing_zeros() as usize;
-            let head = self.heads[level][slot];
-            if level == 0 {
-                return Some((head, links.nodes[head as usize].key));
-            }
-            // Advance the cursor to the start of this bucket and spread it one level down.
-            let shift = 6 * level;
-            let high = if shift + 6 >= 64 {
-                0
-            } else {
-                self.cursor >> (shift + 6) << (shift + 6)
-            };
-            self.cursor = high | ((slot as u64) << shift);
-            let mut n = head;
+        }
+        self.min = Some(best);
+        self.min
+    }
+
+    /// Removes the minimum `n` (as returned by [`Wheel::peek`]) and moves the cursor to
+    /// its key: later inserts must not be smaller (they are clamped otherwise).
+    pub(crate) fn extract(&mut self, links: &mut Links, n: NodeId) {
+        debug_assert_eq!(self.min.map(|m| m.0), Some(n));
+        let key = links.nodes[n as usize].key;
+        let (level, slot) = self.unlink_slot(links, n);
+        self.len -= 1;
+        self.min = None;
+        self.cursor = key.wrapping_sub(self.base);
+        if level > 0 {
+            // The rest of that bucket now shares digit `level` with the cursor: move it down.
+            let mut m = self.heads[level][slot];
             self.heads[level][slot] = NIL;
             self.tails[level][slot] = NIL;
             self.bitmaps[level] &= !(1 << slot);
             if self.bitmaps[level] == 0 {
                 self.level_mask &= !(1 << level);
             }
-            while n != NIL {
-                let next = links.nodes[n as usize].next;
-                let off = links.nodes[n as usize].key.wrapping_sub(self.base);
-                self.place(links, n, off);
-                n = next;
+            while m != NIL {
+                let next = links.nodes[m as usize].next;
+                let off = links.nodes[m as usize].key.wrapping_sub(self.base);
+                self.place(links, m, off);
+                m = next;
             }
+        }
+        if self.cursor >= 1 << 62 {
+            self.rebase(links);
         }
     }
 
     /// Removes and returns the minimum.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn pop(&mut self, links: &mut Links) -> Option<(NodeId, u64)> {
         let (n, key) = self.peek(links)?;
-        self.unlink_slot(links, n);
-        self.len -= 1;
-        self.cursor = key.wrapping_sub(self.base);
-        if self.cursor >= 1 << 62 {
-            self.rebase(links);
-        }
+        self.extract(links, n);
         Some((n, key))
     }
 
-    /// Removes and returns the minimum if its key is `<= limit` (for real-time timers).
+    /// Removes and returns the minimum if its key is `<= limit` (real-time timers).
     #[inline]
     pub(crate) fn pop_due(&mut self, links: &mut Links, limit: u64) -> Option<(NodeId, u64)> {
         if self.level_mask == 0 {
             return None;
         }
-        // Cheap check first: the start of the lowest non-empty bucket bounds the minimum.
-        let level = self.level_mask.trailing_zeros() as usize;
-        let slot = self.bitmaps[level].trailing_zeros() as u64;
-        let shift = 6 * level;
-        let high = if shift + 6 >= 64 {
-            0
-        } else {
-            self.cursor >> (shift + 6) << (shift + 6)
-        };
-        let bucket_start = self.base.wrapping_add(high | (slot << shift));
-        if before(limit, bucket_start) {
-            return None;
+        if self.min.is_none() {
+            // Cheap bound first: the start of the lowest non-empty bucket.
+            let level = self.level_mask.trailing_zeros() as usize;
+            let slot = self.bitmaps[level].trailing_zeros() as u64;
+            let shift = 6 * level;
+            let high = if shift + 6 >= 64 {
+                0
+            } else {
+                self.cursor >> (shift + 6) << (shift + 6)
+            };
+            if before(limit, self.base.wrapping_add(high | (slot << shift))) {
+                return None;
+            }
         }
-        let (_, key) = self.peek(links)?;
+        let (n, key) = self.peek(links)?;
         if before(limit, key) {
             return None;
         }
-        self.pop(links)
+        self.extract(links, n);
+        Some((n, key))
     }
 
-    /// Smallest key, if any (may reorganise buckets).
+    /// Smallest key, if any.
     #[inline]
-    pub(crate) fn min_key(&mut self, links: &mut Links) -> Option<u64> {
+    pub(crate) fn min_key(&mut self, links: &Links) -> Option<u64> {
         self.peek(links).map(|(_, k)| k)
     }
 
@@ -289,6 +320,7 @@ impl Wheel {
         self.level_mask = 0;
         self.base = self.base.wrapping_add(self.cursor);
         self.cursor = 0;
+        self.min = None;
         // Re-insert in key order so equal keys keep FIFO order.
         all.sort_by_key(|&n| links.nodes[n as usize].key.wrapping_sub(self.base));
         for n in all {
@@ -400,6 +432,18 @@ mod tests {
     }
 
     #[test]
+    fn insert_below_peeked_min_is_ordered() {
+        let mut links = Links::new(4);
+        let mut w = Wheel::new(0);
+        w.insert(&mut links, 0, 1 << 30);
+        assert_eq!(w.peek(&links), Some((0, 1 << 30)));
+        w.insert(&mut links, 1, 1000); // below the peeked minimum, above the floor
+        assert_eq!(w.peek(&links), Some((1, 1000)));
+        w.remove(&mut links, 1);
+        assert_eq!(w.pop(&mut links), Some((0, 1 << 30)));
+    }
+
+    #[test]
     fn clamps_keys_below_cursor_and_pop_due_respects_limit() {
         let mut links = Links::new(4);
         let mut w = Wheel::new(0);
@@ -454,25 +498,29 @@ mod tests {
         fn matches_reference(ops in proptest::collection::vec((0u8..3, 0u32..32, 0u64..1_000_000), 1..400)) {
             let mut links = Links::new(32);
             let mut w = Wheel::new(0);
-            let mut model: Vec<(u64, u64, u32)> = Vec::new(); // (key, seq, node)
-            let mut seq = 0u64;
+            let mut model: Vec<(u64, u32)> = Vec::new(); // (key, node)
             for (op, node, delta) in ops {
                 match op {
                     0 if !links.is_linked(node) => {
                         let key = w.floor() + delta;
                         let stored = w.insert(&mut links, node, key);
                         prop_assert_eq!(stored, key);
-                        model.push((key, seq, node));
-                        seq += 1;
+                        model.push((key, node));
                     }
                     1 if links.is_linked(node) => {
                         w.remove(&mut links, node);
-                        model.retain(|e| e.2 != node);
+                        model.retain(|e| e.1 != node);
                     }
                     _ => {
-                        model.sort();
-                        let want = if model.is_empty() { None } else { let e = model.remove(0); Some((e.2, e.0)) };
-                        prop_assert_eq!(w.pop(&mut links), want);
+                        // Minimum key; among equal keys any (FIFO holds within a bucket).
+                        let got = w.pop(&mut links);
+                        let want = model.iter().map(|e| e.0).min();
+                        prop_assert_eq!(got.map(|g| g.1), want);
+                        if let Some((n, k)) = got {
+                            let pos = model.iter().position(|e| e.1 == n && e.0 == k);
+                            prop_assert!(pos.is_some());
+                            model.remove(pos.unwrap_or(0));
+                        }
                     }
                 }
                 prop_assert_eq!(w.len() as usize, model.len());
