@@ -170,11 +170,7 @@ fn hwloc_cores() -> Option<Vec<CoreInfo>> {
         let cpu = pu.os_index()?;
         let numa_node = pu
             .ancestors()
-            .find_map(|a| {
-                a.nodeset()
-                    .and_then(|ns| ns.first_set())
-                    .map(|n| usize::from(n))
-            })
+            .find_map(|a| a.nodeset().and_then(|ns| ns.first_set()).map(usize::from))
             .unwrap_or(0);
         cores.push(CoreInfo { cpu, numa_node });
     }
