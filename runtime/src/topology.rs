@@ -191,7 +191,12 @@ mod tests {
     #[test]
     fn discover_and_resolve() {
         let t = Topology::discover().unwrap();
+        #[cfg(feature = "hwloc")]
+        assert_eq!(t.source, "hwloc");
         assert!(!t.allowed.is_empty());
+        for cpu in &t.allowed {
+            assert!(t.cores.iter().any(|c| c.cpu == *cpu), "cpu {cpu} missing");
+        }
         assert!(!t.cores.is_empty());
         assert_eq!(t.resolve(None).unwrap(), t.allowed);
         let first = t.allowed[0];
