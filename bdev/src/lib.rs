@@ -435,6 +435,13 @@ pub trait IoChannel {
 
     /// Maximum number of outstanding I/Os the channel accepts.
     fn capacity(&self) -> usize;
+
+    /// Whether the frontend should pull more requests for this channel from its queues
+    /// (virtqueues, NVMe/TCP capsules). False while the device's VM is suspended or its hold
+    /// queue is full: the frontend leaves requests where they are, the guest sees no error.
+    fn should_pull(&mut self) -> bool {
+        true
+    }
 }
 
 /// Checks a request against a device's geometry. Every backend calls this before doing I/O.
