@@ -204,9 +204,37 @@ for applet in sh dd cmp blkdiscard taskset awk timeout poweroff insmod; do
   "$BB" --list | grep -qx "$applet" || die "busybox-static lacks the '$applet' applet"
 done
 
+# ---------------------------------------------------------------- blkzero (BLKZEROOUT helper)
+# Busybox cannot send write-zeroes requests; a tiny std-only Rust program can. Built with plain
+# rustc, glibc statically linked (crt-static), so it needs no libraries in the initramfs.
+BLKZERO="$OUT/blkzero"
+if command -v rustc >/dev/null 2>&1; then
+  bz_hash=$( (
+    sha256sum "$HERE/blkzero.rs"
+    rustc --version
+  ) | sha256sum | cut -d' ' -f1)
+  if [ ! -x "$BLKZERO" ] || [ "$(cat "$OUT/.blkzero-hash" 2>/dev/null)" != "$bz_hash" ]; then
+    log "rustc blkzero.rs (static)"
+    rm -f "$BLKZERO"
+    if rustc --edition 2021 -O -C target-feature=+crt-static -C strip=symbols \
+      -o "$BLKZERO.tmp" "$HERE/blkzero.rs" 2>"$OUT/blkzero.err" &&
+      ldd "$BLKZERO.tmp" 2>&1 | grep -Eq 'not a dynamic executable|statically linked'; then
+      mv "$BLKZERO.tmp" "$BLKZERO"
+      echo "$bz_hash" >"$OUT/.blkzero-hash"
+    else
+      rm -f "$BLKZERO.tmp"
+      log "note: static blkzero build failed (see $OUT/blkzero.err); the write-zeroes check will be skipped"
+    fi
+  fi
+else
+  rm -f "$BLKZERO"
+  log "note: no rustc; the guest's write-zeroes check will be skipped"
+fi
+
 # ---------------------------------------------------------------- initramfs
 INPUT_HASH=$( (
   sha256sum "$HERE/init.sh" "$HERE/guest-test.sh" "$HERE/build.sh" "$BB" "${MOD_ORDER[@]}"
+  [ -x "$BLKZERO" ] && sha256sum "$BLKZERO"
   echo "$KVER"
 ) | sha256sum | cut -d' ' -f1)
 INITRD="$OUT/initramfs.gz"
@@ -219,6 +247,7 @@ if [ ! -f "$INITRD" ] || [ "$(cat "$OUT/.initrd-hash" 2>/dev/null)" != "$INPUT_H
   for applet in $("$BB" --list); do
     [ -e "$STAGE/bin/$applet" ] || ln -s busybox "$STAGE/bin/$applet"
   done
+  [ -x "$BLKZERO" ] && cp "$BLKZERO" "$STAGE/bin/blkzero"
   cp "$HERE/init.sh" "$STAGE/init"
   cp "$HERE/guest-test.sh" "$STAGE/vmpath/guest-test.sh"
   chmod 755 "$STAGE/init" "$STAGE/vmpath/guest-test.sh"

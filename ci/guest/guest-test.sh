@@ -6,7 +6,7 @@
 # O_DIRECT (busybox dd oflag=direct / iflag=direct), so it reaches the virtio-blk device.
 #
 # Modes (VMPATH_MODE, set by /init from vmpath.mode=):
-#   basic        queues, multi-queue O_DIRECT write/read/verify, flush, discard
+#   basic        queues, multi-queue O_DIRECT write/read/verify, flush, discard, write-zeroes
 #   restart      data written, then I/O kept running on every CPU while the host restarts the
 #                target (host signals "VMPATH-HOST: RESTARTED" on the serial line); afterwards
 #                the pre-restart data and the last loop data are verified
@@ -14,8 +14,9 @@
 #   check-stamp  verifies the stamp blocks (second boot)
 # Output: "VMPATH-GUEST: CHECK <name>: ok|FAIL - detail" lines; exit status 0 only if all passed.
 #
-# Disk layout (bytes): [0,4M) flush test, [4M,8M) discard test, [16M,end) NSLOTS data slots of
-# 4 KiB .. 1 MiB + 512 at spread offsets, the last slot ending at the last sector of the disk.
+# Disk layout (bytes): [0,4M) flush test, [4M,8M) discard test, [8M,12M) restart-mode stream,
+# [12M,16M) write-zeroes test, [16M,end) NSLOTS data slots of 4 KiB .. 1 MiB + 512 at spread
+# offsets, the last slot ending at the last sector of the disk.
 set -u
 T=/tmp/vmpath
 mkdir -p "$T"
@@ -356,12 +357,59 @@ check_discard() {
   fi
 }
 
+check_write_zeroes() {
+  local d=$1 wz base j msg
+  if [ "$VMPATH_WRITE_ZEROES" = off ]; then
+    say "CHECK $d:write-zeroes: skipped (vmpath.write_zeroes=off)"
+    return
+  fi
+  if [ ! -x /bin/blkzero ]; then
+    say "CHECK $d:write-zeroes: skipped (initramfs built without rustc: no BLKZEROOUT tool)"
+    return
+  fi
+  wz=$(cat "/sys/block/$d/queue/write_zeroes_max_bytes")
+  if [ "$wz" -eq 0 ]; then
+    fail "$d:write-zeroes" "write_zeroes_max_bytes is 0: VIRTIO_BLK_F_WRITE_ZEROES not offered (the kernel would write zero pages instead)"
+    return
+  fi
+  base=$((12 * MIB))
+  j=0
+  while [ $j -lt 4 ]; do
+    if ! msg=$(write_block "$d" $((base + j * MIB)) $MIB "wz$j"); then
+      fail "$d:write-zeroes" "$msg"
+      return
+    fi
+    j=$((j + 1))
+  done
+  # 2 MiB - 512 B starting one sector into the second MiB: unaligned to anything but a sector.
+  if ! blkzero "/dev/$d" $((base + MIB + 512)) $((2 * MIB - 512)) 2>"$T/err.$$"; then
+    fail "$d:write-zeroes" "$(cat "$T/err.$$")"
+    return
+  fi
+  for j in 0 3; do
+    if ! msg=$(check_block "$d" $((base + j * MIB)) $MIB "wz$j"); then
+      fail "$d:write-zeroes" "write-zeroes damaged data outside its range: $msg"
+      return
+    fi
+  done
+  if ! msg=$(check_block "$d" $((base + MIB)) 512 "wz1"); then
+    fail "$d:write-zeroes" "write-zeroes damaged the sector before its range: $msg"
+    return
+  fi
+  if ! msg=$(check_zero "$d" $((base + MIB + 512)) $((2 * MIB - 512))); then
+    fail "$d:write-zeroes" "zeroed range does not read back as zeroes: $msg"
+    return
+  fi
+  pass "$d:write-zeroes" "BLKZEROOUT of 2 MiB - 512 B (write_zeroes_max_bytes $wz) reads back zeroes, neighbours intact"
+}
+
 mode_basic() {
   for d in $VMPATH_DISKS; do
     check_disk_basics "$d" || continue
     check_multiqueue_io "$d" "basic-$d"
     check_flush "$d"
     check_discard "$d"
+    check_write_zeroes "$d"
   done
 }
 
@@ -450,9 +498,22 @@ progress() {
   for id in $WIDS; do out="$out $id:$(iters "$id")"; done
   echo "$out"
 }
+# stop_workers: asks the restart-mode workers to stop; 1 if some stay stuck in I/O for 30 s.
 stop_workers() {
+  local w=0 pid alive
   touch "$T/stop"
-  wait
+  while [ "$w" -lt 300 ]; do
+    alive=""
+    for pid in $WPIDS; do kill -0 "$pid" 2>/dev/null && alive="$alive $pid"; done
+    if [ -z "$alive" ]; then
+      wait
+      return 0
+    fi
+    sleep 0.1
+    w=$((w + 1))
+  done
+  fail "io-across-restart" "I/O workers still blocked 30 s after being told to stop (requests never completed):$(progress)"
+  return 1
 }
 
 mode_restart() {
@@ -475,15 +536,17 @@ mode_restart() {
   pass "pre-restart" "$((NSLOTS / 2)) slots per disk written, verified and flushed"
   # 2. Keep I/O running on every CPU (odd slots + the stream region) across the restart.
   rm -f "$T"/stop "$T"/iter.* "$T"/dead.* "$T"/mark.*
-  WIDS=""
+  WIDS="" WPIDS=""
   for d in $VMPATH_DISKS; do
     c=0
     while [ "$c" -lt "$n" ]; do
       taskset -c "$c" /vmpath/guest-test.sh loop_worker "$d" "$c" "$n" &
+      WPIDS="$WPIDS $!"
       WIDS="$WIDS $d.$c"
       c=$((c + 1))
     done
     taskset -c $((n - 1)) /vmpath/guest-test.sh stream_worker "$d" &
+    WPIDS="$WPIDS $!"
     WIDS="$WIDS $d.s"
   done
   if ! wait_past 1 120; then
@@ -513,12 +576,12 @@ mode_restart() {
   for id in $WIDS; do iters "$id" >"$T/mark.$id"; done
   marks=$(progress)
   say "host restarted the target; iterations so far (worker:count):$marks"
-  if wait_past 2 150; then
+  if wait_past 2 "$VMPATH_PROGRESS_WAIT"; then
     pass "io-across-restart" "every worker kept writing+verifying through the restart; iterations at the signal:$marks, now:$(progress)"
   else
-    any_dead || fail "io-across-restart" "I/O made no progress for 150 s after the restart:$(progress)"
+    any_dead || fail "io-across-restart" "I/O made no progress for ${VMPATH_PROGRESS_WAIT}s after the restart:$(progress)"
   fi
-  stop_workers
+  stop_workers || return
   # 3. Everything acknowledged before and during the restart is there.
   for d in $VMPATH_DISKS; do
     verify_slots "$d" "pre-restart" 0 2 "$d:pre-restart-data" &&

@@ -8,7 +8,9 @@
 #   vmpath.disks=vda[,vdb...]                     disks to test (default: every vd* disk)
 #   vmpath.min_queues=N                           fail unless each disk has >= N queues (default 2)
 #   vmpath.discard=zero|any|off                   discard check strictness (default zero)
-#   vmpath.restart_wait=SECS                      restart mode: wait for the host (default 180)
+#   vmpath.write_zeroes=on|off                    write-zeroes check (default on)
+#   vmpath.restart_wait=SECS                      restart mode: wait for the host's signal (180)
+#   vmpath.progress_wait=SECS                     restart mode: wait for I/O to resume (120)
 #   vmpath.wce=strict|enable                      strict: the device must report a write-back
 #                                                 cache; enable: the guest may switch it on (default)
 export PATH=/bin
@@ -42,7 +44,9 @@ param() {
 export VMPATH_MODE="$(param mode basic)"
 export VMPATH_MIN_QUEUES="$(param min_queues 2)"
 export VMPATH_DISCARD="$(param discard zero)"
+export VMPATH_WRITE_ZEROES="$(param write_zeroes on)"
 export VMPATH_RESTART_WAIT="$(param restart_wait 180)"
+export VMPATH_PROGRESS_WAIT="$(param progress_wait 120)"
 export VMPATH_WCE="$(param wce enable)"
 want="$(param disks '' | tr ',' ' ')"
 

@@ -10,6 +10,7 @@
 #                       listens on SOCKET again; the guest is then told "VMPATH-HOST: RESTARTED"
 #   --queues N          vhost-user-blk num-queues (default 2)
 #   --smp N             guest vCPUs (default: queues; each blk-mq queue needs a CPU)
+#   --accel tcg|kvm     accelerator (default tcg: KVM is not dependable on the project's machines)
 #   --timeout SECS      whole-run limit (default 300)
 #   --log FILE          serial log (default: a new file in $VMPATH_GUEST_DIR/guest/logs, the 30
 #                       newest kept)
@@ -22,7 +23,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 W="${VMPATH_GUEST_DIR:-$REPO/ci/work}"
 
-MODE=basic RESTART_CMD="" QUEUES=2 SMP="" TIMEOUT=300 LOG="" APPEND="" QUIET=0
+MODE=basic RESTART_CMD="" QUEUES=2 SMP="" ACCEL=tcg TIMEOUT=300 LOG="" APPEND="" QUIET=0
 usage() {
   awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
   exit 2
@@ -33,6 +34,7 @@ while [ $# -gt 0 ]; do
     --restart-cmd) RESTART_CMD="$2" && shift 2 ;;
     --queues) QUEUES="$2" && shift 2 ;;
     --smp) SMP="$2" && shift 2 ;;
+    --accel) ACCEL="$2" && shift 2 ;;
     --timeout) TIMEOUT="$2" && shift 2 ;;
     --log) LOG="$2" && shift 2 ;;
     --append) APPEND="$2" && shift 2 ;;
@@ -55,6 +57,7 @@ fi
   exit 2
 }
 SMP="${SMP:-$QUEUES}"
+case "$ACCEL" in tcg) CPU=qemu64 ;; kvm) CPU=host ;; *) echo "run-qemu: bad --accel $ACCEL" >&2 && exit 2 ;; esac
 
 ENVF="$W/guest/env.sh"
 [ -f "$ENVF" ] || {
@@ -91,7 +94,7 @@ for d in "${QEMU_FW[@]}"; do [ -d "$d" ] && FW_ARGS+=(-L "$d"); done
 CMDLINE="console=ttyS0 quiet panic=-1 vmpath.mode=$MODE${APPEND:+ $APPEND}"
 QEMU_ARGS=(
   "${FW_ARGS[@]}"
-  -machine q35 -accel tcg -cpu qemu64 -smp "$SMP" -m 512
+  -machine q35 -accel "$ACCEL" -cpu "$CPU" -smp "$SMP" -m 512
   -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem
   -nodefaults -no-user-config -display none -serial stdio
   -chardev "socket,id=c0,path=$SOCKET,reconnect=1"
@@ -128,11 +131,14 @@ while :; do
   if [ "$MODE" = restart ] && [ "$restart_done" = 0 ] && has_line '^VMPATH-GUEST: READY-FOR-RESTART'; then
     restart_done=1
     echo "run-qemu: guest ready at $(elapsed)s; running restart command: $RESTART_CMD" >&2
-    if bash -c "$RESTART_CMD" </dev/null >&2; then
+    rrc=0
+    bash -c "$RESTART_CMD" </dev/null >&2 || rrc=$?
+    if [ "$rrc" = 0 ]; then
       echo "run-qemu: restart command done at $(elapsed)s; signalling the guest" >&2
       echo "VMPATH-HOST: RESTARTED" >&3
     else
-      echo "run-qemu: restart command failed (exit $?); the guest will time out waiting" >&2
+      status="restart command failed (exit $rrc)"
+      break
     fi
   fi
   sleep 0.5

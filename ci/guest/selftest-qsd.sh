@@ -2,10 +2,13 @@
 # Validates the real-guest harness without vmpath: qemu-storage-daemon (the installed one, else the
 # QEMU 7.2 one unpacked by build.sh) serves the vhost-user-blk export.
 #   1. basic    file-backed export (discard=unmap), 2 queues            -> must PASS
+#               (qemu-storage-daemon reports wce=0: run with vmpath.wce=enable)
 #   2. restart  the daemon is SIGKILLed and restarted while the guest
 #               keeps doing I/O on both queues                          -> must PASS
-#               (also run with the target down for 1 s, the guest's requests waiting in QEMU)
-#   3. negative null-co export that drops every write                   -> must FAIL (the guest
+#               (the target stays down ~1 s; the guest's requests wait in QEMU)
+#   3. stamp    writes + flushes stamp data; the daemon is stopped, a new one
+#               started on the same image, and check-stamp reads it    -> must PASS
+#   4. negative null-co export that drops every write                   -> must FAIL (the guest
 #               detects the lost data), proving the harness can fail
 # Prints one line per case and "N passed, N failed"; exit 0 only if all cases behaved.
 # Usage: ci/guest/selftest-qsd.sh [--quiet]
@@ -101,12 +104,18 @@ timed() { # runs "$@", sets RC and SECS
 
 truncate -s 256M "$D/disk.img"
 start_qsd "driver=file,node-name=n0,filename=$D/disk.img,discard=unmap"
-# qemu-storage-daemon reports wce=0 (write through): let the guest switch the cache on.
 timed "$HERE/run-qemu.sh" "${QUIET[@]}" --append vmpath.wce=enable "$D/vu.sock"
 report basic 0 "$RC" "$SECS"
 timed "$HERE/run-qemu.sh" "${QUIET[@]}" --append vmpath.wce=enable --mode restart \
   --restart-cmd "bash '$HERE/selftest-qsd.sh' --restart '$D'" "$D/vu.sock"
 report restart 0 "$RC" "$SECS"
+timed "$HERE/run-qemu.sh" "${QUIET[@]}" --append vmpath.wce=enable --mode stamp "$D/vu.sock"
+report stamp 0 "$RC" "$SECS"
+stop_qsd
+# A new daemon on the same image: the data flushed by the previous boot must be there.
+start_qsd "driver=file,node-name=n0,filename=$D/disk.img,discard=unmap"
+timed "$HERE/run-qemu.sh" "${QUIET[@]}" --mode check-stamp "$D/vu.sock"
+report "check-stamp (new daemon)" 0 "$RC" "$SECS"
 stop_qsd
 
 start_qsd "driver=null-co,node-name=n0,size=268435456,read-zeroes=on"
