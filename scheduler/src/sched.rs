@@ -16,8 +16,8 @@ use thiserror::Error;
 use crate::path::{PathId, PathInfo, PathLoad};
 use crate::shard::Shard;
 use crate::spec::{
-    FailoverPolicy, PathPolicySpec, PathSpec, PathState, SchedulerConfig, SelectorSpec, SpecError,
-    VmQosUpdate, VmSpec, MAX_PATHS,
+    FailoverPolicy, PathPolicySpec, PathSpec, PathState, PriorityClass, SchedulerConfig,
+    SelectorSpec, SpecError, VmQosUpdate, VmSpec, MAX_PATHS,
 };
 use crate::vm::{
     SuspendReason, VmId, VmInfo, VmParams, VmShared, FLAG_ADMIN, FLAG_FAILOVER, MB, NO_PATH,
@@ -214,6 +214,9 @@ pub(crate) struct ShardPublic {
     /// Per target: best priority class waiting (PUB_NONE if none) and its smallest start tag.
     pub pub_class: Box<[AtomicU32]>,
     pub pub_key: Box<[AtomicU64]>,
+    /// Per class: smallest start tag waiting on the shard (valid where `pub_vset` has the bit).
+    pub pub_vmin: [AtomicU64; PriorityClass::COUNT],
+    pub pub_vset: AtomicU32,
     /// `now` of the last publication (stale publications are ignored by the gate).
     pub pub_time: AtomicU64,
     pub counters: Box<[VmCounters]>,
@@ -294,6 +297,8 @@ impl Scheduler {
                 pub_class: (0..NT).map(|_| AtomicU32::new(PUB_NONE)).collect(),
                 pub_key: (0..NT).map(|_| AtomicU64::new(0)).collect(),
                 pub_time: AtomicU64::new(0),
+                pub_vmin: Default::default(),
+                pub_vset: AtomicU32::new(0),
                 counters: (0..n).map(|_| VmCounters::default()).collect(),
             })
             .collect();

@@ -140,6 +140,8 @@ struct VmLocal {
     in_class: u8,
     resv: Resv,
     has_start: bool,
+    /// The head follows a dispatch of the same VM without a gap (SFQ: no V catch-up).
+    cont: bool,
     start: u64,
     rr_path: u8,
     rr_advance: bool,
@@ -164,6 +166,7 @@ impl VmLocal {
             in_class: 0,
             resv: Resv::None,
             has_start: false,
+            cont: false,
             start: 0,
             rr_path: 0,
             rr_advance: false,
@@ -257,8 +260,10 @@ pub struct Shard {
     pub_mask: u64,
     pub_targets: u64,
     held: u64,
-    v_local: u64,
-    v_global: u64,
+    /// Per class: largest start tag dispatched here (this shard's virtual time).
+    v_local: [u64; PriorityClass::COUNT],
+    /// Per class: smallest start tag waiting on other shards (cached each poll).
+    v_floor: [Option<u64>; PriorityClass::COUNT],
     v_max: Option<u64>,
     rot: u32,
     deferred: VecDeque<Released>,
@@ -294,8 +299,8 @@ impl Shard {
             pub_mask: 0,
             pub_targets: 0,
             held: 0,
-            v_local: v,
-            v_global: v,
+            v_local: [v; PriorityClass::COUNT],
+            v_floor: [None; PriorityClass::COUNT],
             v_max: None,
             rot: 0,
             deferred: VecDeque::new(),
@@ -615,17 +620,31 @@ impl Shard {
         }
     }
 
-    /// Claims the head's proportional start tag: max(virtual time, VM finish tag), and
-    /// advances the VM's finish tag by cost / shares (no banked credit after idling).
+    /// Virtual time for class `c`: this shard's, or the smallest start waiting on another
+    /// shard if that is later (a shard that was idle does not bring back old tags).
+    #[inline]
+    fn vtime(&self, c: usize) -> u64 {
+        match self.v_floor[c] {
+            Some(f) => later(self.v_local[c], f),
+            None => self.v_local[c],
+        }
+    }
+
+    /// Claims the head's proportional start tag and advances the VM's finish tag by
+    /// cost / shares. A head that starts a new busy period (after idling, a limit wait, a
+    /// suspension) starts no earlier than virtual time: an idle VM cannot bank credit.
+    /// A head that directly follows its predecessor keeps the finish tag (SFQ).
     fn claim_start(&self, i: usize, bytes: u32) -> u64 {
-        let p = &self.vms[i].p;
+        let l = &self.vms[i];
+        let p = &l.p;
         let sectors = (self.d.io_cost_bytes + u64::from(bytes)).div_ceil(512);
         let inc = sectors * p.p_inv;
-        let v = later(self.v_local, self.v_global);
+        let v = self.vtime(usize::from(p.class));
+        let fresh = !l.cont;
         let tag = &self.s.vms[i].tags.p;
         let mut old = tag.load(Relaxed);
         loop {
-            let start = later(old, v);
+            let start = if fresh { later(old, v) } else { old };
             match tag.compare_exchange_weak(old, start.wrapping_add(inc), Relaxed, Relaxed) {
                 Ok(_) => return start,
                 Err(o) => old = o,
@@ -708,18 +727,21 @@ impl Shard {
         };
         if self.s.vms[i].tags.flags.load(Relaxed) != 0 {
             self.vms[i].st = St::Suspended;
+            self.vms[i].cont = false;
             self.suspended.push_back(&mut self.links, snode(i), 0);
             return;
         }
         let p = self.vms[i].p;
         if p.has_limit() {
             if let Some(at) = self.limit_wait(i, now) {
+                self.vms[i].cont = false;
                 self.vms[i].st = St::Limit;
                 self.timers.insert(&mut self.links, tnode(i), at);
                 return;
             }
         }
         let Some(t) = self.target_for(i) else {
+            self.vms[i].cont = false;
             self.vms[i].st = St::PathWait;
             self.path_wait.push_back(&mut self.links, snode(i), 0);
             if p.fo == Fo::FailAfter {
@@ -735,9 +757,10 @@ impl Shard {
             l.start = s;
             l.has_start = true;
         }
+        self.vms[i].cont = false;
         let class = usize::from(p.class);
         let start = self.vms[i].start;
-        let base = later(self.v_local, self.v_global);
+        let base = self.vtime(class);
         let w = self.share[class * NT + t].get_or_insert_with(|| Box::new(Wheel::new(base)));
         w.insert(&mut self.links, snode(i), start);
         self.share_len[class] += 1;
@@ -946,7 +969,9 @@ impl Shard {
             }
             return out.len() - first;
         }
-        self.v_global = self.s.vtime.load(Relaxed);
+        if self.multi {
+            self.read_floors(now);
+        }
         while let Some((n, key)) = self.timers.pop_due(&mut self.links, now) {
             self.on_timer(n, key, now);
         }
@@ -1033,6 +1058,7 @@ impl Shard {
                 self.gated = true;
                 return;
             }
+
             self.dispatch_head(n as usize / 3, Phase::Share(key), p, now, out);
         }
         // The path is full. A limit-paced VM first in share order does not lose its turn:
@@ -1144,12 +1170,14 @@ impl Shard {
         match phase {
             Phase::Reservation => self.advance_resv(i, e.bytes, now),
             Phase::Share(key) => {
-                self.v_local = later(self.v_local, key);
+                let c = usize::from(self.vms[i].in_class);
+                self.v_local[c] = later(self.v_local[c], key);
                 self.v_max = Some(self.v_max.map_or(key, |m| later(m, key)));
             }
         }
         let l = &mut self.vms[i];
         l.has_start = false;
+        l.cont = true;
         l.queue.pop_front();
         let n = l.queue.len();
         let vm = VmId {
@@ -1236,10 +1264,29 @@ impl Shard {
         }
     }
 
-    /// Publishes, per target, the best waiting class and its smallest start tag.
+    /// Caches, per class, the smallest start tag other (live) shards have waiting.
+    fn read_floors(&mut self, now: u64) {
+        self.v_floor = [None; PriorityClass::COUNT];
+        for (j, o) in self.s.shards.iter().enumerate() {
+            if j == self.me || o.pub_time.load(Relaxed).saturating_add(STALE_PUBLISH_NS) < now {
+                continue;
+            }
+            let set = o.pub_vset.load(Relaxed);
+            for c in 0..PriorityClass::COUNT {
+                if set & (1 << c) != 0 {
+                    let k = o.pub_vmin[c].load(Relaxed);
+                    self.v_floor[c] = Some(self.v_floor[c].map_or(k, |f| if before(k, f) { k } else { f }));
+                }
+            }
+        }
+    }
+
+    /// Publishes, per target, the best waiting class and its smallest start tag, and per
+    /// class the smallest start tag waiting here.
     fn publish(&mut self, now: u64) {
         let me = &self.s.shards[self.me];
         me.pub_time.store(now, Relaxed);
+        let mut vmin: [Option<u64>; PriorityClass::COUNT] = [None; PriorityClass::COUNT];
         let mut m = self.pending_mask | self.pub_targets;
         while m != 0 {
             let t = m.trailing_zeros() as usize;
@@ -1256,7 +1303,9 @@ impl Shard {
                 }
                 if let Some(w) = self.share[c * NT + t].as_mut() {
                     if let Some((n, _)) = w.peek(&self.links) {
-                        best = Some((c as u32 + 1, self.vms[n as usize / 3].start));
+                        let k = self.vms[n as usize / 3].start;
+                        best = Some((c as u32 + 1, k));
+                        vmin[c] = Some(vmin[c].map_or(k, |f| if before(k, f) { k } else { f }));
                     }
                 }
             }
@@ -1272,6 +1321,14 @@ impl Shard {
                 }
             }
         }
+        let mut set = 0;
+        for (c, v) in vmin.iter().enumerate() {
+            if let Some(k) = v {
+                me.pub_vmin[c].store(*k, Relaxed);
+                set |= 1 << c;
+            }
+        }
+        me.pub_vset.store(set, Relaxed);
     }
 
     /// Fails back every held request (reactor shutdown). Returns how many.
@@ -1319,8 +1376,8 @@ impl Shard {
             l.has_start,
             t.l_io.load(Relaxed),
             t.p.load(Relaxed),
-            self.v_local,
-            self.v_global,
+            self.v_local[1],
+            self.v_floor[1].unwrap_or(0),
             self.pending_mask,
             self.held,
             self.s.shards[self.me].pub_class[0].load(Relaxed),

@@ -81,3 +81,25 @@ fn explore_limit_trace() {
     eprintln!("c times: {:?}", &t[..t.len().min(40)]);
     eprintln!("b {} c {}", sim.rate(0, 1_000_000, 2_000_000), sim.rate(1, 1_000_000, 2_000_000));
 }
+
+#[test]
+fn explore_scale_small() {
+    use crate::spec::SelectorSpec;
+    for (paths, reactors, depth) in [(1usize, 1usize, 12u32), (2, 1, 12), (2, 2, 12), (2, 2, 64)] {
+        let mut cfg = SimConfig::new(reactors);
+        for p in 0..paths {
+            cfg.paths.push(SimPath::iops(&format!("p{p}"), 100_000));
+        }
+        for i in 0..10 {
+            let mut s = rated(&format!("vm{i}"), [500, 1000, 2000][i % 3], None, None);
+            s.path_policy.selector = SelectorSpec::LeastQueueDepth;
+            let mut v = SimVm::new(s, Load::Closed { depth });
+            v.shards = vec![i % reactors];
+            cfg.vms.push(v);
+        }
+        let mut sim = Sim::new(cfg).unwrap();
+        sim.run_until(40_000_000);
+        let r: Vec<u64> = (0..10).map(|i| sim.rate(i, 10_000_000, 40_000_000) as u64).collect();
+        eprintln!("paths={paths} reactors={reactors} depth={depth}: {r:?}");
+    }
+}

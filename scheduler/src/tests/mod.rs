@@ -1,3 +1,5 @@
 //! Deterministic simulations and property tests (issue 5, "Tests").
 
 mod basic;
+mod scale;
+mod util;
