@@ -1,0 +1,775 @@
+//! # vmpath-volume: per-VM virtual volumes, scheduled per request
+//!
+//! This crate joins the block layer (`vmpath-bdev`), the reactors (`vmpath-runtime`) and the
+//! pure per-VM scheduler (`scheduler`) into the data path that frontends use:
+//!
+//! * A **path** is a block device registered with the scheduler ([`VolumeManager::add_path`]):
+//!   a local bdev, or one fabric path of a multipath NVMe namespace. All paths of a volume
+//!   must reach the same storage.
+//! * A **volume** ([`VmVolume`]) is a slice (`offset_blocks`, `num_blocks`) of that storage
+//!   presented to one VM as its own disk (the *storage virtualizer*, MISSION capability 6).
+//!   It is itself a [`BlockDevice`], so every frontend (vhost-user-blk, the NVMe/TCP target)
+//!   exports it like any other device.
+//! * Every request submitted on a volume's [`IoChannel`] goes through the reactor's scheduler
+//!   [`Shard`]: it is **routed** now on the path the VM's policy picks, or **held** in the VM's
+//!   FIFO and routed later, in order, when the VM has budget ([`Shard::poll`]). Completions
+//!   feed path load and service time back ([`Shard::complete`]).
+//! * Suspension and backpressure reach the frontend through [`IoChannel::should_pull`]; a full
+//!   hold queue hands the request back ([`SubmitErrorKind::QueueFull`]). Nothing is dropped.
+//!
+//! ## Per reactor
+//!
+//! [`VolumeManager::install`] gives a reactor its own [`ReactorSched`]: the reactor's shard,
+//! one channel per path device (opened lazily on that reactor), the slab of requests in the
+//! scheduler's hands and the completion queues of the volume channels opened there. A poller
+//! drives it every loop (releases held requests, polls path channels, delivers completions)
+//! and keeps the reactor awake while requests are held or in flight. Nothing here is shared
+//! between reactors except through the scheduler's atomics: no lock on the I/O path.
+//!
+//! A path error [`IoError::NoPath`] (the path could not take the I/O at all) sends the request
+//! back through the scheduler to another path; every other outcome is final. Multipath devices
+//! apply the write rule themselves (`nvme_paths`): a write whose outcome is unknown completes
+//! only once it can no longer land.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use scheduler::{
+    Decision, Outcome, PathId, PathPolicySpec, PathSpec, Released, SchedError, Scheduler, Shard,
+    ShardError, VmId,
+};
+use vmpath_bdev::{
+    uuid_from_name, BdevError, BdevInfo, BlockDevice, IoChannel, IoCompletion, IoError, IoRequest,
+    IoStats, IoType, SharedStats, SubmitError, SubmitErrorKind,
+};
+use vmpath_runtime::{PollStatus, Reactor};
+
+/// Most requests one reactor keeps in the scheduler's hands (held or in flight).
+pub const MAX_REQS_PER_REACTOR: usize = 16384;
+/// Most held requests released per poll.
+const RELEASE_BATCH: usize = 256;
+
+/// Errors of the volume layer's control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The scheduler refused.
+    #[error(transparent)]
+    Sched(#[from] SchedError),
+    /// A path is unknown.
+    #[error("path {0} does not exist")]
+    NoSuchPath(String),
+    /// The volume does not fit the storage or mixes block sizes.
+    #[error("{0}")]
+    Geometry(String),
+    /// The scheduler has no shard for this reactor.
+    #[error("reactor {reactor} has no scheduler shard (the scheduler has {shards})")]
+    NoShard {
+        /// Reactor id.
+        reactor: u32,
+        /// Shards configured.
+        shards: usize,
+    },
+}
+
+static NEXT_MANAGER_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The reactor scheduler contexts installed on this thread, by manager id.
+    static INSTALLED: RefCell<HashMap<u64, Rc<RefCell<ReactorSched>>>> = RefCell::new(HashMap::new());
+}
+
+/// Owns the scheduler and the path table; creates volumes.
+#[derive(Debug)]
+pub struct VolumeManager {
+    id: u64,
+    sched: Arc<Scheduler>,
+    paths: RwLock<Vec<Option<Arc<dyn BlockDevice>>>>,
+}
+
+impl VolumeManager {
+    /// A manager over `sched` (one shard per reactor).
+    pub fn new(sched: Arc<Scheduler>) -> Arc<VolumeManager> {
+        Arc::new(VolumeManager {
+            id: NEXT_MANAGER_ID.fetch_add(1, Ordering::Relaxed),
+            sched,
+            paths: RwLock::new(Vec::new()),
+        })
+    }
+
+    /// The scheduler.
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.sched
+    }
+
+    /// Registers `dev` as a scheduler path described by `spec`.
+    pub fn add_path(
+        &self,
+        spec: PathSpec,
+        dev: Arc<dyn BlockDevice>,
+    ) -> Result<PathId, VolumeError> {
+        let id = self.sched.add_path(spec)?;
+        let mut t = self.paths.write().expect("path table");
+        if t.len() <= id.index() {
+            t.resize(id.index() + 1, None);
+        }
+        t[id.index()] = Some(dev);
+        Ok(id)
+    }
+
+    /// Unregisters a path (the scheduler refuses while a VM depends on it).
+    pub fn remove_path(&self, id: PathId) -> Result<(), VolumeError> {
+        self.sched.remove_path(id)?;
+        if let Some(slot) = self.paths.write().expect("path table").get_mut(id.index()) {
+            *slot = None;
+        }
+        Ok(())
+    }
+
+    /// The device behind a path.
+    pub fn path_device(&self, id: PathId) -> Option<Arc<dyn BlockDevice>> {
+        self.paths
+            .read()
+            .expect("path table")
+            .get(id.index())
+            .and_then(|d| d.clone())
+    }
+
+    /// Creates a volume of VM `vm`: blocks `offset_blocks..offset_blocks+num_blocks` of the
+    /// storage reached through `paths` (`num_blocks = None`: to the end). If the VM may use any
+    /// path (empty affinity), its affinity is narrowed to these paths.
+    pub fn create_volume(
+        self: &Arc<Self>,
+        name: &str,
+        vm: VmId,
+        paths: &[String],
+        offset_blocks: u64,
+        num_blocks: Option<u64>,
+    ) -> Result<Arc<VmVolume>, VolumeError> {
+        if paths.is_empty() {
+            return Err(VolumeError::Geometry(
+                "a volume needs at least one path".into(),
+            ));
+        }
+        let mut ids = Vec::with_capacity(paths.len());
+        let mut block_size = None;
+        let mut capacity = u64::MAX;
+        let mut read_only = false;
+        for p in paths {
+            let id = self
+                .sched
+                .path_id(p)
+                .ok_or_else(|| VolumeError::NoSuchPath(p.clone()))?;
+            let dev = self
+                .path_device(id)
+                .ok_or_else(|| VolumeError::NoSuchPath(p.clone()))?;
+            let info = dev.info();
+            match block_size {
+                None => block_size = Some(info.block_size),
+                Some(bs) if bs != info.block_size => {
+                    return Err(VolumeError::Geometry(format!(
+                        "path {p} has {}-byte blocks, other paths {bs}",
+                        info.block_size
+                    )))
+                }
+                _ => {}
+            }
+            capacity = capacity.min(info.num_blocks);
+            read_only |= info.read_only;
+            ids.push(id);
+        }
+        let block_size = block_size.expect("at least one path");
+        if offset_blocks >= capacity {
+            return Err(VolumeError::Geometry(format!(
+                "offset_blocks {offset_blocks} is beyond the storage ({capacity} blocks)"
+            )));
+        }
+        let n = num_blocks.unwrap_or(capacity - offset_blocks);
+        if n == 0
+            || offset_blocks
+                .checked_add(n)
+                .is_none_or(|end| end > capacity)
+        {
+            return Err(VolumeError::Geometry(format!(
+                "blocks {offset_blocks}..{} do not fit the storage ({capacity} blocks)",
+                offset_blocks.saturating_add(n)
+            )));
+        }
+        let info = self.sched.vm(vm).ok_or(SchedError::UnknownVm(vm))?;
+        if info.spec.path_policy.affinity.is_empty() {
+            self.sched.set_path_policy(
+                vm,
+                PathPolicySpec {
+                    selector: info.spec.path_policy.selector,
+                    affinity: paths.to_vec(),
+                },
+            )?;
+        } else if let Some(bad) = info
+            .spec
+            .path_policy
+            .affinity
+            .iter()
+            .find(|a| !paths.contains(a))
+        {
+            return Err(VolumeError::Geometry(format!(
+                "VM {} may use path {bad}, which does not reach this volume's storage",
+                info.spec.name
+            )));
+        }
+        Ok(Arc::new(VmVolume {
+            info: BdevInfo {
+                name: name.to_string(),
+                kind: "volume",
+                block_size,
+                num_blocks: n,
+                buf_align: 1,
+                uuid: uuid_from_name(name),
+                max_io_blocks: u32::MAX,
+                read_only,
+            },
+            vm,
+            vm_name: info.spec.name,
+            paths: ids,
+            path_names: paths.to_vec(),
+            offset_blocks,
+            mgr: self.clone(),
+            stats: Arc::default(),
+        }))
+    }
+
+    /// Gives `reactor` its scheduler context (shard = reactor id) and the poller that drives
+    /// it. Call once per reactor, on that reactor.
+    pub fn install(self: &Arc<Self>, reactor: &mut Reactor) -> Result<(), VolumeError> {
+        let ctx = self.install_on_thread(reactor.id() as usize)?;
+        reactor.register_poller("volume-sched", move |r| {
+            let now = r.now();
+            ctx.borrow_mut().poll(now)
+        });
+        Ok(())
+    }
+
+    /// Installs a scheduler context on the calling thread without a reactor (tests, tools):
+    /// the caller drives it through the volume channels' `poll`.
+    pub fn install_on_thread(
+        self: &Arc<Self>,
+        shard: usize,
+    ) -> Result<Rc<RefCell<ReactorSched>>, VolumeError> {
+        let sh = self.sched.shard(shard).map_err(|_| VolumeError::NoShard {
+            reactor: shard as u32,
+            shards: self.sched.shard_count(),
+        })?;
+        let ctx = Rc::new(RefCell::new(ReactorSched::new(self.clone(), sh)));
+        INSTALLED.with(|m| m.borrow_mut().insert(self.id, ctx.clone()));
+        Ok(ctx)
+    }
+
+    fn installed(&self) -> Option<Rc<RefCell<ReactorSched>>> {
+        INSTALLED.with(|m| m.borrow().get(&self.id).cloned())
+    }
+}
+
+/// A VM's virtual disk: a slice of the storage behind its paths, scheduled per request.
+#[derive(Debug)]
+pub struct VmVolume {
+    info: BdevInfo,
+    vm: VmId,
+    vm_name: String,
+    paths: Vec<PathId>,
+    path_names: Vec<String>,
+    offset_blocks: u64,
+    mgr: Arc<VolumeManager>,
+    stats: Arc<SharedStats>,
+}
+
+impl VmVolume {
+    /// The VM the volume belongs to.
+    pub fn vm(&self) -> VmId {
+        self.vm
+    }
+
+    /// The VM's name.
+    pub fn vm_name(&self) -> &str {
+        &self.vm_name
+    }
+
+    /// Names of the paths reaching the storage.
+    pub fn path_names(&self) -> &[String] {
+        &self.path_names
+    }
+
+    /// First block of the slice on the storage.
+    pub fn offset_blocks(&self) -> u64 {
+        self.offset_blocks
+    }
+}
+
+impl BlockDevice for VmVolume {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+
+    fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
+        let ctx = self
+            .mgr
+            .installed()
+            .ok_or_else(|| BdevError::InvalidParam {
+                param: "reactor",
+                msg: format!(
+                    "volume {} can only be used on a reactor with the scheduler installed",
+                    self.info.name
+                ),
+            })?;
+        let slot = ctx.borrow_mut().open_volume_channel(self);
+        Ok(Box::new(VolumeChannel {
+            ctx,
+            slot,
+            info: self.info.clone(),
+            vm: self.vm,
+            offset_blocks: self.offset_blocks,
+            allowed: self
+                .paths
+                .iter()
+                .fold(0u64, |m, p| m | 1u64 << (p.index() % 64)),
+            stats: self.stats.clone(),
+            local: IoStats::default(),
+        }))
+    }
+
+    fn unmap_zeroes(&self) -> bool {
+        self.paths
+            .iter()
+            .filter_map(|p| self.mgr.path_device(*p))
+            .all(|d| d.unmap_zeroes())
+    }
+
+    fn stats(&self) -> IoStats {
+        self.stats.snapshot()
+    }
+}
+
+/// A request in the scheduler's hands.
+struct Pending {
+    req: IoRequest,
+    /// The owning volume channel's slot.
+    chan: u32,
+    /// The frontend's tag.
+    user_tag: u64,
+    vm: VmId,
+    bytes: u32,
+    /// Path it was issued on (None while held).
+    path: Option<PathId>,
+    /// Paths this volume may use (indexed by path id bit).
+    allowed: u64,
+    issued_at: u64,
+    op: IoType,
+}
+
+struct ChanSlot {
+    /// Finished requests of this channel: completion, operation, bytes.
+    done: std::collections::VecDeque<(IoCompletion, IoType, u32)>,
+    live: bool,
+    /// Requests of this channel in the scheduler's hands.
+    pending: usize,
+}
+
+/// One reactor's scheduling context: its shard, its path channels, its requests.
+pub struct ReactorSched {
+    mgr: Arc<VolumeManager>,
+    shard: Shard,
+    reqs: Vec<Option<Pending>>,
+    free: Vec<u32>,
+    path_chans: Vec<Option<Box<dyn IoChannel>>>,
+    chans: Vec<ChanSlot>,
+    /// Requests routed but refused by a full path channel, retried in order.
+    retry: std::collections::VecDeque<u32>,
+    released: Vec<Released>,
+    now: u64,
+    last_poll: u64,
+    inflight: usize,
+}
+
+impl std::fmt::Debug for ReactorSched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReactorSched")
+            .field("shard", &self.shard.index())
+            .field("inflight", &self.inflight)
+            .field("held", &self.shard.held())
+            .finish()
+    }
+}
+
+impl ReactorSched {
+    fn new(mgr: Arc<VolumeManager>, shard: Shard) -> Self {
+        ReactorSched {
+            mgr,
+            shard,
+            reqs: Vec::new(),
+            free: Vec::new(),
+            path_chans: Vec::new(),
+            chans: Vec::new(),
+            retry: std::collections::VecDeque::new(),
+            released: Vec::with_capacity(RELEASE_BATCH),
+            now: 0,
+            last_poll: u64::MAX,
+            inflight: 0,
+        }
+    }
+
+    /// Requests held by the scheduler on this reactor.
+    pub fn held(&self) -> u64 {
+        self.shard.held()
+    }
+
+    /// Requests issued on paths and not completed.
+    pub fn inflight(&self) -> usize {
+        self.inflight
+    }
+
+    fn open_volume_channel(&mut self, _vol: &VmVolume) -> u32 {
+        if let Some(i) = self.chans.iter().position(|c| !c.live && c.pending == 0) {
+            self.chans[i] = ChanSlot {
+                done: Default::default(),
+                live: true,
+                pending: 0,
+            };
+            return i as u32;
+        }
+        self.chans.push(ChanSlot {
+            done: Default::default(),
+            live: true,
+            pending: 0,
+        });
+        (self.chans.len() - 1) as u32
+    }
+
+    fn alloc(&mut self, p: Pending) -> Option<u32> {
+        if let Some(i) = self.free.pop() {
+            self.reqs[i as usize] = Some(p);
+            return Some(i);
+        }
+        if self.reqs.len() >= MAX_REQS_PER_REACTOR {
+            return None;
+        }
+        self.reqs.push(Some(p));
+        Some((self.reqs.len() - 1) as u32)
+    }
+
+    fn finish(&mut self, idx: u32, result: Result<(), IoError>) {
+        let p = self.reqs[idx as usize].take().expect("live request");
+        self.free.push(idx);
+        let c = &mut self.chans[p.chan as usize];
+        c.pending -= 1;
+        if c.live {
+            c.done.push_back((
+                IoCompletion {
+                    tag: p.user_tag,
+                    result,
+                },
+                p.op,
+                p.bytes,
+            ));
+        }
+    }
+
+    fn path_channel(&mut self, path: PathId) -> Result<&mut Box<dyn IoChannel>, IoError> {
+        let i = path.index();
+        if self.path_chans.len() <= i {
+            self.path_chans.resize_with(i + 1, || None);
+        }
+        if self.path_chans[i].is_none() {
+            let dev = self.mgr.path_device(path).ok_or(IoError::NoPath)?;
+            let ch = dev.open_channel().map_err(|e| {
+                tracing::error!(path = i, error = %e, "cannot open path channel");
+                IoError::NoPath
+            })?;
+            self.path_chans[i] = Some(ch);
+        }
+        Ok(self.path_chans[i].as_mut().expect("opened above"))
+    }
+
+    /// Issues request `idx` on `path`.
+    fn issue(&mut self, idx: u32, path: PathId) {
+        let now = self.now;
+        let (req, allowed) = {
+            let p = self.reqs[idx as usize].as_mut().expect("live request");
+            p.path = Some(path);
+            p.issued_at = now;
+            (p.req.clone(), p.allowed)
+        };
+        if allowed & (1u64 << (path.index() % 64)) == 0 {
+            // The VM's policy picked a path that does not reach this volume's storage.
+            tracing::warn!(
+                path = path.index(),
+                "request routed to a path outside its volume"
+            );
+            let (vm, bytes) = {
+                let p = self.reqs[idx as usize].as_ref().expect("live");
+                (p.vm, p.bytes)
+            };
+            let _ = self.shard.complete(vm, path, bytes, 0);
+            self.finish(idx, Err(IoError::NoPath));
+            return;
+        }
+        let mut req = req;
+        req.tag = idx as u64;
+        match self.path_channel(path) {
+            Ok(ch) => match ch.submit(req) {
+                Ok(()) => self.inflight += 1,
+                Err(SubmitError {
+                    reason: SubmitErrorKind::QueueFull,
+                    ..
+                }) => self.retry.push_back(idx),
+            },
+            Err(e) => {
+                let (vm, bytes) = {
+                    let p = self.reqs[idx as usize].as_ref().expect("live");
+                    (p.vm, p.bytes)
+                };
+                let _ = self.shard.complete(vm, path, bytes, 0);
+                self.finish(idx, Err(e));
+            }
+        }
+    }
+
+    /// Enqueues a request through the scheduler.
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &mut self,
+        chan: u32,
+        vm: VmId,
+        req: IoRequest,
+        user_tag: u64,
+        bytes: u32,
+        allowed: u64,
+    ) -> Result<(), IoRequest> {
+        let is_write = matches!(req.op, IoType::Write | IoType::WriteZeroes | IoType::Unmap);
+        if self.free.is_empty() && self.reqs.len() >= MAX_REQS_PER_REACTOR {
+            return Err(req);
+        }
+        let op = req.op;
+        let Some(idx) = self.alloc(Pending {
+            req,
+            chan,
+            user_tag,
+            vm,
+            bytes,
+            path: None,
+            allowed,
+            issued_at: 0,
+            op,
+        }) else {
+            unreachable!("capacity checked above");
+        };
+        self.chans[chan as usize].pending += 1;
+        match self
+            .shard
+            .enqueue(vm, idx as u64, bytes, is_write, self.now)
+        {
+            Ok(Decision::Route(path)) => self.issue(idx, path),
+            Ok(Decision::Held) => {}
+            Err(ShardError::QueueFull { .. }) => {
+                self.chans[chan as usize].pending -= 1;
+                let mut p = self.reqs[idx as usize].take().expect("live");
+                self.free.push(idx);
+                p.req.tag = user_tag;
+                return Err(p.req);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduler refused a request");
+                self.finish(idx, Err(IoError::Aborted));
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass: release held requests, retry refused ones, reap path completions.
+    pub fn poll(&mut self, now: u64) -> PollStatus {
+        if now == self.last_poll {
+            return PollStatus::from_work(self.shard.held() > 0 || self.inflight > 0);
+        }
+        self.last_poll = now;
+        self.now = now;
+        let mut work = false;
+
+        // Retry requests a full path channel refused, in order.
+        let n = self.retry.len();
+        for _ in 0..n {
+            let idx = self.retry.pop_front().expect("len checked");
+            let path = self.reqs[idx as usize]
+                .as_ref()
+                .and_then(|p| p.path)
+                .expect("retry entries are routed");
+            self.issue(idx, path);
+            work = true;
+        }
+
+        // Release held requests the scheduler lets go now.
+        let mut released = std::mem::take(&mut self.released);
+        released.clear();
+        if self.shard.poll(now, &mut released, RELEASE_BATCH) > 0 {
+            work = true;
+            for r in &released {
+                let idx = r.token as u32;
+                match r.outcome {
+                    Outcome::Route(path) => self.issue(idx, path),
+                    Outcome::Fail(reason) => {
+                        tracing::debug!(?reason, "held request failed back");
+                        self.finish(idx, Err(IoError::NoPath));
+                    }
+                }
+            }
+        }
+        self.released = released;
+
+        // Reap completions of every path channel.
+        let mut done: Vec<IoCompletion> = Vec::new();
+        for ch in self.path_chans.iter_mut().flatten() {
+            if ch.outstanding() > 0 {
+                ch.poll(now, &mut |c| done.push(c));
+            }
+        }
+        for c in done {
+            work = true;
+            self.inflight -= 1;
+            let idx = c.tag as u32;
+            let (vm, path, bytes, issued_at) = {
+                let p = self.reqs[idx as usize]
+                    .as_ref()
+                    .expect("completion of a live request");
+                (p.vm, p.path.expect("issued"), p.bytes, p.issued_at)
+            };
+            let _ = self
+                .shard
+                .complete(vm, path, bytes, now.saturating_sub(issued_at));
+            if c.result == Err(IoError::NoPath) {
+                // The path could not take it at all: route it again.
+                let is_write = {
+                    let p = self.reqs[idx as usize].as_mut().expect("live");
+                    p.path = None;
+                    matches!(
+                        p.req.op,
+                        IoType::Write | IoType::WriteZeroes | IoType::Unmap
+                    )
+                };
+                match self.shard.enqueue(vm, idx as u64, bytes, is_write, now) {
+                    Ok(Decision::Route(p)) if p != path => {
+                        self.issue(idx, p);
+                        continue;
+                    }
+                    Ok(Decision::Route(p)) => {
+                        // Same path again: it just refused; fail the request rather than spin.
+                        let _ = self.shard.complete(vm, p, bytes, 0);
+                    }
+                    Ok(Decision::Held) => continue,
+                    Err(_) => {}
+                }
+            }
+            self.finish(idx, c.result);
+        }
+        PollStatus::from_work(work || self.shard.held() > 0 || self.inflight > 0)
+    }
+}
+
+/// A reactor's channel to a volume.
+struct VolumeChannel {
+    ctx: Rc<RefCell<ReactorSched>>,
+    slot: u32,
+    info: BdevInfo,
+    vm: VmId,
+    offset_blocks: u64,
+    /// Bit i set: scheduler path i reaches this volume's storage.
+    allowed: u64,
+    stats: Arc<SharedStats>,
+    local: IoStats,
+}
+
+impl IoChannel for VolumeChannel {
+    fn submit(&mut self, mut req: IoRequest) -> Result<(), SubmitError> {
+        let mut ctx = self.ctx.borrow_mut();
+        if let Err(e) = vmpath_bdev::validate(&self.info, &req) {
+            let c = &mut ctx.chans[self.slot as usize];
+            c.done.push_back((
+                IoCompletion {
+                    tag: req.tag,
+                    result: Err(e),
+                },
+                req.op,
+                0,
+            ));
+            return Ok(());
+        }
+        if ctx.reqs.len() >= MAX_REQS_PER_REACTOR && ctx.free.is_empty() {
+            return Err(SubmitError {
+                req,
+                reason: SubmitErrorKind::QueueFull,
+            });
+        }
+        let user_tag = req.tag;
+        let bytes = if req.op == IoType::Flush {
+            0
+        } else {
+            (req.num_blocks as u64 * self.info.block_size as u64).min(u32::MAX as u64) as u32
+        };
+        if req.op != IoType::Flush {
+            req.offset_blocks += self.offset_blocks;
+        }
+        let allowed = self.allowed;
+        let offset = self.offset_blocks;
+        match ctx.submit(self.slot, self.vm, req, user_tag, bytes, allowed) {
+            Ok(()) => Ok(()),
+            Err(mut req) => {
+                if req.op != IoType::Flush {
+                    req.offset_blocks -= offset;
+                }
+                req.tag = user_tag;
+                Err(SubmitError {
+                    req,
+                    reason: SubmitErrorKind::QueueFull,
+                })
+            }
+        }
+    }
+
+    fn poll(&mut self, now: u64, done: &mut dyn FnMut(IoCompletion)) -> usize {
+        let mut ctx = self.ctx.borrow_mut();
+        ctx.poll(now);
+        let c = &mut ctx.chans[self.slot as usize];
+        let mut n = 0;
+        while let Some((d, op, bytes)) = c.done.pop_front() {
+            self.local.count(op, bytes as u64, d.result.is_ok());
+            done(d);
+            n += 1;
+        }
+        if n > 0 {
+            self.stats.add(&self.local);
+            self.local = IoStats::default();
+        }
+        n
+    }
+
+    fn outstanding(&self) -> usize {
+        let ctx = self.ctx.borrow();
+        let c = &ctx.chans[self.slot as usize];
+        c.pending + c.done.len()
+    }
+
+    fn capacity(&self) -> usize {
+        MAX_REQS_PER_REACTOR
+    }
+
+    fn should_pull(&mut self) -> bool {
+        self.ctx.borrow_mut().shard.should_pull(self.vm)
+    }
+}
+
+impl Drop for VolumeChannel {
+    fn drop(&mut self) {
+        if let Ok(mut ctx) = self.ctx.try_borrow_mut() {
+            let c = &mut ctx.chans[self.slot as usize];
+            c.live = false;
+            c.done.clear();
+        }
+    }
+}
