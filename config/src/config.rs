@@ -48,6 +48,18 @@ pub struct Config {
     /// Block devices, in creation order: `[[bdev]]` tables.
     #[serde(rename = "bdev", skip_serializing_if = "Vec::is_empty")]
     pub bdevs: Vec<BdevConfig>,
+    /// Scheduler-wide settings: `[scheduler]` (`shards` is set by the daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<crate::vm::SchedulerConfig>,
+    /// Block devices the scheduler may route VM I/O to: `[[path]]` tables.
+    #[serde(rename = "path", default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<crate::vm::PathConfig>,
+    /// Virtual machines: `[[vm]]` tables (shares, reservation, limit, priority, policies).
+    #[serde(rename = "vm", default, skip_serializing_if = "Vec::is_empty")]
+    pub vms: Vec<crate::vm::VmSpec>,
+    /// The VMs' virtual disks: `[[volume]]` tables.
+    #[serde(rename = "volume", default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::vm::VolumeConfig>,
 }
 
 /// `[reactors]`: which cores run a reactor and when an idle reactor sleeps.
@@ -166,7 +178,9 @@ impl RpcConfig {
 impl Config {
     /// The built-in config used when the daemon is started without a file: reactors on
     /// the process CPU set, the default RPC socket, a 64 MiB malloc bdev `Malloc0` with
-    /// 4096-byte blocks and a 1 GiB null bdev `Null0` with 4096-byte blocks.
+    /// 4096-byte blocks and a 1 GiB null bdev `Null0` with 4096-byte blocks; `Malloc0` is the
+    /// scheduler path `local0`, split into two 32 MiB volumes `vm1-disk` and `vm2-disk` of
+    /// the VMs `vm1` (2000 shares) and `vm2` (1000 shares).
     pub fn default_builtin() -> Config {
         Config {
             reactors: ReactorsConfig::default(),
@@ -190,6 +204,41 @@ impl Config {
                     max_iops: 0,
                     max_bw_mbps: 0,
                 }),
+            ],
+            scheduler: None,
+            paths: vec![crate::vm::PathConfig {
+                name: "local0".into(),
+                bdev: "Malloc0".into(),
+                capacity_iops: 200_000,
+                capacity_mbps: 2_000,
+                weight: None,
+                max_outstanding: None,
+            }],
+            vms: vec![
+                crate::vm::VmSpec {
+                    shares: 2000,
+                    ..crate::vm::VmSpec::new("vm1")
+                },
+                crate::vm::VmSpec {
+                    shares: 1000,
+                    ..crate::vm::VmSpec::new("vm2")
+                },
+            ],
+            volumes: vec![
+                crate::vm::VolumeConfig {
+                    name: "vm1-disk".into(),
+                    vm: "vm1".into(),
+                    paths: vec!["local0".into()],
+                    offset_blocks: 0,
+                    num_blocks: Some(8192),
+                },
+                crate::vm::VolumeConfig {
+                    name: "vm2-disk".into(),
+                    vm: "vm2".into(),
+                    paths: vec!["local0".into()],
+                    offset_blocks: 8192,
+                    num_blocks: Some(8192),
+                },
             ],
         }
     }
@@ -252,6 +301,85 @@ impl Config {
                     format!(
                         "duplicate bdev name {:?} (already used by bdev[{first}])",
                         bdev.name()
+                    ),
+                ));
+            }
+        }
+        self.check_vms()
+    }
+
+    fn check_vms(&self) -> Result<(), (KeyPath, String)> {
+        let root = KeyPath::root();
+        if let Some(s) = &self.scheduler {
+            let mut s = s.clone();
+            s.shards = 1;
+            s.validate().map_err(|e| {
+                let e = crate::vm::param_error(e);
+                let field = e.field.trim_start_matches("scheduler.").to_string();
+                (root.key("scheduler").key(field), e.message)
+            })?;
+        }
+        let mut paths: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in self.paths.iter().enumerate() {
+            let at = root.key("path").index(i);
+            p.validate().map_err(|e| (at.key(e.field), e.message))?;
+            if let Some(first) = paths.insert(p.name.as_str(), i) {
+                return Err((
+                    at.key("name"),
+                    format!(
+                        "duplicate path name {:?} (already used by path[{first}])",
+                        p.name
+                    ),
+                ));
+            }
+        }
+        let mut vms: HashMap<&str, usize> = HashMap::new();
+        for (i, vm) in self.vms.iter().enumerate() {
+            let at = root.key("vm").index(i);
+            vm.validate().map_err(|e| {
+                let e = crate::vm::param_error(e);
+                (at.key(e.field), e.message)
+            })?;
+            if let Some(first) = vms.insert(vm.name.as_str(), i) {
+                return Err((
+                    at.key("name"),
+                    format!(
+                        "duplicate VM name {:?} (already used by vm[{first}])",
+                        vm.name
+                    ),
+                ));
+            }
+            for a in &vm.path_policy.affinity {
+                if !paths.contains_key(a.as_str()) {
+                    return Err((
+                        at.key("path_policy").key("affinity"),
+                        format!("no [[path]] named {a:?}"),
+                    ));
+                }
+            }
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, v) in self.volumes.iter().enumerate() {
+            let at = root.key("volume").index(i);
+            v.validate().map_err(|e| (at.key(e.field), e.message))?;
+            if !vms.contains_key(v.vm.as_str()) {
+                return Err((at.key("vm"), format!("no [[vm]] named {:?}", v.vm)));
+            }
+            if let Some(p) = v.paths.iter().find(|p| !paths.contains_key(p.as_str())) {
+                return Err((at.key("paths"), format!("no [[path]] named {p:?}")));
+            }
+            if self.bdev(&v.name).is_some() {
+                return Err((
+                    at.key("name"),
+                    format!("{:?} is already the name of a bdev", v.name),
+                ));
+            }
+            if let Some(first) = names.insert(v.name.as_str(), i) {
+                return Err((
+                    at.key("name"),
+                    format!(
+                        "duplicate volume name {:?} (already used by volume[{first}])",
+                        v.name
                     ),
                 ));
             }

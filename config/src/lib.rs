@@ -27,6 +27,7 @@ pub mod config;
 pub mod cpumask;
 pub mod error;
 mod load;
+pub mod vm;
 
 pub use bdev::{
     BdevConfig, BdevKind, MallocBdevParams, NullBdevParams, SimParams, UringBdevParams, BLOCK_SIZES,
@@ -34,3 +35,4 @@ pub use bdev::{
 pub use config::{Config, ReactorsConfig, RpcConfig, DEFAULT_IDLE_SLEEP_US, DEFAULT_RPC_SOCKET};
 pub use cpumask::{format_cpumask, parse_cpumask, CpumaskError, MAX_CORES};
 pub use error::{ConfigError, KeyPath, Location, ParamError, Segment};
+pub use vm::{PathConfig, VolumeConfig};

@@ -24,6 +24,14 @@ pub(crate) struct RawConfig {
     rpc: RpcConfig,
     #[serde(default)]
     bdev: Vec<RawBdev>,
+    #[serde(default)]
+    scheduler: Option<crate::vm::SchedulerConfig>,
+    #[serde(default)]
+    path: Vec<crate::vm::PathConfig>,
+    #[serde(default)]
+    vm: Vec<crate::vm::VmSpec>,
+    #[serde(default)]
+    volume: Vec<crate::vm::VolumeConfig>,
 }
 
 /// A `[[bdev]]` table with the fields of every bdev type; which ones are allowed and
@@ -146,6 +154,10 @@ impl TryFrom<RawConfig> for Config {
             reactors: raw.reactors,
             rpc: raw.rpc,
             bdevs,
+            scheduler: raw.scheduler,
+            paths: raw.path,
+            vms: raw.vm,
+            volumes: raw.volume,
         };
         config
             .check()

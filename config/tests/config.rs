@@ -137,6 +137,7 @@ fn round_trips() {
                 direct: true,
             }),
         ],
+        ..Config::default()
     };
     let mask = Config {
         reactors: ReactorsConfig {
@@ -392,4 +393,93 @@ fn duplicate_bdev_names() {
         e,
         "running state: bdev[2].name: duplicate bdev name \"Malloc0\" (already used by bdev[0])"
     );
+}
+
+const VM_SECTIONS: &str = r#"
+[[bdev]]
+type = "malloc"
+name = "Malloc0"
+num_blocks = 1024
+block_size = 4096
+
+[scheduler]
+migrate_window_ms = 500
+
+[[path]]
+name = "local0"
+bdev = "Malloc0"
+capacity_iops = 100000
+capacity_mbps = 1000
+
+[[vm]]
+name = "vm-a"
+shares = 2000
+reservation = { iops = 5000 }
+limit = { iops = 50000, mbps = 400 }
+path_policy = { selector = "least-queue-depth", affinity = ["local0"] }
+failover = "suspend"
+
+[[vm]]
+name = "vm-b"
+
+[[volume]]
+name = "vm-a-disk"
+vm = "vm-a"
+paths = ["local0"]
+num_blocks = 512
+"#;
+
+#[test]
+fn vm_path_and_volume_sections_parse_and_round_trip() {
+    let c = Config::from_str(VM_SECTIONS, "vms.toml").unwrap();
+    assert_eq!(c.paths.len(), 1);
+    assert_eq!(c.vms.len(), 2);
+    assert_eq!(c.vms[0].shares, 2000);
+    assert_eq!(c.vms[0].reservation.iops, Some(5000));
+    assert_eq!(c.vms[1].shares, 1000);
+    assert_eq!(c.volumes[0].num_blocks, Some(512));
+    assert_eq!(c.scheduler.as_ref().unwrap().migrate_window_ms, 500);
+    let text = c.to_toml_string().unwrap();
+    assert_eq!(Config::from_str(&text, "saved").unwrap(), c, "{text}");
+}
+
+#[test]
+fn vm_section_errors_name_the_field() {
+    let cases = [
+        ("shares = 2000", "shares = 0", "vm[0].shares"),
+        ("vm = \"vm-a\"", "vm = \"vm-z\"", "volume[0].vm"),
+        (
+            "paths = [\"local0\"]",
+            "paths = [\"nope\"]",
+            "volume[0].paths",
+        ),
+        (
+            "affinity = [\"local0\"]",
+            "affinity = [\"nope\"]",
+            "vm[0].path_policy.affinity",
+        ),
+        (
+            "capacity_iops = 100000",
+            "capacity_iops = 0",
+            "path[0].capacity_iops",
+        ),
+        (
+            "failover = \"suspend\"",
+            "failover = \"explode\"",
+            "vm[0].failover",
+        ),
+        (
+            "migrate_window_ms = 500",
+            "migrate_windw_ms = 500",
+            "scheduler",
+        ),
+        ("name = \"vm-b\"", "name = \"vm-a\"", "vm[1].name"),
+    ];
+    for (from, to, key) in cases {
+        assert!(VM_SECTIONS.contains(from), "{from}");
+        let text = VM_SECTIONS.replace(from, to);
+        let e = Config::from_str(&text, "vms.toml").unwrap_err().to_string();
+        assert!(e.contains("vms.toml"), "{e}");
+        assert!(e.contains(key), "expected {key} in: {e}");
+    }
 }
