@@ -53,3 +53,6 @@ pub use controller::{
 };
 pub use gate::{Admit, GateChannel, GateIo, IoGate, PassThrough};
 pub use queue::QueueStats;
+
+#[doc(hidden)]
+pub mod fuzzing;
