@@ -60,6 +60,9 @@ pub struct Config {
     /// The VMs' virtual disks: `[[volume]]` tables.
     #[serde(rename = "volume", default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<crate::vm::VolumeConfig>,
+    /// Commands run on management events: `[hooks]`.
+    #[serde(default, skip_serializing_if = "crate::vm::HooksConfig::is_empty")]
+    pub hooks: crate::vm::HooksConfig,
 }
 
 /// `[reactors]`: which cores run a reactor and when an idle reactor sleeps.
@@ -240,6 +243,7 @@ impl Config {
                     num_blocks: Some(8192),
                 },
             ],
+            hooks: Default::default(),
         }
     }
 

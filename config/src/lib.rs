@@ -35,4 +35,4 @@ pub use bdev::{
 pub use config::{Config, ReactorsConfig, RpcConfig, DEFAULT_IDLE_SLEEP_US, DEFAULT_RPC_SOCKET};
 pub use cpumask::{format_cpumask, parse_cpumask, CpumaskError, MAX_CORES};
 pub use error::{ConfigError, KeyPath, Location, ParamError, Segment};
-pub use vm::{PathConfig, VolumeConfig};
+pub use vm::{HooksConfig, PathConfig, VolumeConfig};

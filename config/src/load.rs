@@ -32,6 +32,8 @@ pub(crate) struct RawConfig {
     vm: Vec<crate::vm::VmSpec>,
     #[serde(default)]
     volume: Vec<crate::vm::VolumeConfig>,
+    #[serde(default)]
+    hooks: crate::vm::HooksConfig,
 }
 
 /// A `[[bdev]]` table with the fields of every bdev type; which ones are allowed and
@@ -158,6 +160,7 @@ impl TryFrom<RawConfig> for Config {
             paths: raw.path,
             vms: raw.vm,
             volumes: raw.volume,
+            hooks: raw.hooks,
         };
         config
             .check()

@@ -117,3 +117,22 @@ impl VolumeConfig {
         Ok(())
     }
 }
+
+/// `[hooks]`: commands run on management events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Run (through `/bin/sh -c`) when the scheduler recommends migrating a VM, with the
+    /// event in the environment: `VMPATH_EVENT` (`vm_migrate_recommended` or
+    /// `vm_migrate_cleared`), `VMPATH_VM`, `VMPATH_REASON`, `VMPATH_MEASURED_IOPS`,
+    /// `VMPATH_RESERVED_IOPS`, and the whole event as JSON in `VMPATH_EVENT_JSON`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_migrate: Option<String>,
+}
+
+impl HooksConfig {
+    /// True when no hook is set.
+    pub fn is_empty(&self) -> bool {
+        self.vm_migrate.is_none()
+    }
+}

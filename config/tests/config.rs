@@ -427,6 +427,9 @@ name = "vm-a-disk"
 vm = "vm-a"
 paths = ["local0"]
 num_blocks = 512
+
+[hooks]
+vm_migrate = "logger vmpath migrate $VMPATH_VM"
 "#;
 
 #[test]
@@ -439,6 +442,7 @@ fn vm_path_and_volume_sections_parse_and_round_trip() {
     assert_eq!(c.vms[1].shares, 1000);
     assert_eq!(c.volumes[0].num_blocks, Some(512));
     assert_eq!(c.scheduler.as_ref().unwrap().migrate_window_ms, 500);
+    assert!(c.hooks.vm_migrate.as_deref().unwrap().contains("VMPATH_VM"));
     let text = c.to_toml_string().unwrap();
     assert_eq!(Config::from_str(&text, "saved").unwrap(), c, "{text}");
 }
