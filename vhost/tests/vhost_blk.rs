@@ -539,10 +539,10 @@ fn suspend_stops_pulling_lets_inflight_finish_and_resume_continues() {
     let reactors = Reactors::start(2);
     let dir = TempDir::new("suspend");
     let sock = dir.sock("disk.sock");
-    // 30 ms per I/O so requests are really in flight when we suspend.
+    // 100 ms per I/O so requests are really in flight when we suspend.
     let ctrl = controller(
         &sock,
-        malloc("m0", 8, 512, 30_000_000),
+        malloc("m0", 8, 512, 100_000_000),
         &reactors,
         2,
         |_| {},
@@ -617,7 +617,7 @@ fn reconnect_reruns_inflight(restart_target: bool) {
     let reactors = Reactors::start(2);
     let dir = TempDir::new("reconnect");
     let sock = dir.sock("disk.sock");
-    let bdev = malloc("m0", 8, 512, 40_000_000);
+    let bdev = malloc("m0", 8, 512, 250_000_000);
     let mut ctrl = controller(&sock, bdev.clone(), &reactors, 2, |_| {});
     let mut d = BlkDriver::connect(&sock, opts(2)).unwrap();
     // Complete a first batch normally so the rings are not at index 0.
@@ -678,12 +678,29 @@ fn reconnect_reruns_inflight(restart_target: bool) {
         "nothing was re-run: {:?}",
         ctrl.stats()
     );
+    // Read everything back in one batch per queue (the device is slow on purpose).
     for q in 0..2u64 {
+        let queue = d.queue(q as usize);
+        let mut want = std::collections::HashMap::new();
         for i in 0..n {
             let tag = q * 100 + i;
-            assert_eq!(read(&mut d, q as usize, tag * 8, 4096), pattern(tag, 4096));
+            let slot = queue.submit(ReqKind::Read, tag * 8, 4096, tag).unwrap();
+            want.insert(slot, pattern(tag, 4096));
         }
-        assert_eq!(read(&mut d, 0, 4000 + q * 8, 4096), pattern(900 + q, 4096));
+        let slot = queue
+            .submit(ReqKind::Read, 4000 + q * 8, 4096, 900 + q)
+            .unwrap();
+        want.insert(slot, pattern(900 + q, 4096));
+        queue.kick();
+        let c = queue.wait_for(want.len(), T);
+        assert_eq!(c.len(), want.len());
+        for c in c {
+            assert_eq!(c.status, VIRTIO_BLK_S_OK);
+            let slot = c.slot.unwrap();
+            let mut buf = vec![0u8; 4096];
+            queue.read_data(slot, &mut buf).unwrap();
+            assert_eq!(buf, want[&slot], "tag {}", c.tag);
+        }
     }
 }
 
@@ -704,7 +721,7 @@ fn disconnect_without_inflight_region_then_fresh_connection_works() {
     let sock = dir.sock("disk.sock");
     let ctrl = controller(
         &sock,
-        malloc("m0", 8, 512, 20_000_000),
+        malloc("m0", 8, 512, 100_000_000),
         &reactors,
         1,
         |_| {},

@@ -10,7 +10,7 @@
 //! Targets, in the same run:
 //! * `vmpath`: an in-process vmpath vhost-user-blk controller on a 1 GiB null disk, its queue
 //!   served by one reactor pinned to `--target-core`;
-//! * `qsd`: the reference, `qemu-storage-daemon --blockdev null-co,node-name=n0,size=1G
+//! * `qsd`: the reference, `qemu-storage-daemon --blockdev null-co,node-name=n0,size=1073741824
 //!   --export type=vhost-user-blk,...,num-queues=1,writable=on`, pinned to `--target-core`
 //!   with `taskset`.
 //!
@@ -205,16 +205,20 @@ impl Target {
                     .arg("-c")
                     .arg(args.target_core.to_string())
                     .arg(&args.qsd)
-                    .args(["--blockdev", "null-co,node-name=n0,size=1G"])
+                    .args(["--blockdev", "null-co,node-name=n0,size=1073741824"])
                     .args(["--export", &export])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit())
                     .spawn()
                     .context("starting qemu-storage-daemon")?;
+                let mut child = child;
                 let pid = child.id();
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while !socket.exists() {
+                    if let Some(st) = child.try_wait()? {
+                        bail!("qemu-storage-daemon exited: {st}");
+                    }
                     if Instant::now() > deadline {
                         bail!("qemu-storage-daemon did not create {}", socket.display());
                     }
