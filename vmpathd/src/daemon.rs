@@ -29,6 +29,9 @@ pub enum DaemonError {
         #[source]
         source: vmpath_bdev::BdevError,
     },
+    /// A configured object (path, VM, volume, ...) could not be created.
+    #[error("{0}")]
+    Setup(String),
     /// The RPC socket could not be served.
     #[error("serving JSON-RPC on {path}: {source}")]
     Rpc {
@@ -62,6 +65,8 @@ pub struct State {
     pub reactors: Vec<ReactorHandle>,
     /// Management events.
     pub events: Arc<EventBus>,
+    /// The per-VM scheduler, its paths and the VMs' volumes.
+    pub volumes: Arc<vmpath_volume::VolumeManager>,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -81,6 +86,10 @@ pub struct Daemon {
     runtime: Option<Runtime>,
     rpc: Option<RpcServer>,
     socket: PathBuf,
+    pump: Option<(
+        std::thread::JoinHandle<()>,
+        Arc<std::sync::atomic::AtomicBool>,
+    )>,
 }
 
 impl Daemon {
@@ -126,13 +135,42 @@ impl Daemon {
             tracing::info!(bdev = b.name(), kind = %b.kind(), "bdev created");
         }
         let socket = config.rpc.socket.clone();
+        let mut sched_cfg = config.scheduler.clone().unwrap_or_default();
+        sched_cfg.shards = runtime.handles().len();
+        let sched = scheduler::Scheduler::new(sched_cfg).map_err(|e| {
+            vmpath_config::ConfigError::Invalid {
+                origin: "config".into(),
+                key: "scheduler".into(),
+                location: None,
+                message: e.to_string(),
+            }
+        })?;
+        let volumes = vmpath_volume::VolumeManager::new(sched);
+        for h in runtime.handles() {
+            let mgr = volumes.clone();
+            h.call(move |r| mgr.install(r))
+                .map_err(|_| {
+                    DaemonError::Setup(format!("reactor {} stopped during start", h.id()))
+                })?
+                .map_err(|e| DaemonError::Setup(e.to_string()))?;
+        }
         let state = Arc::new(State {
             bdevs,
-            config: Mutex::new(config),
+            config: Mutex::new(config.clone()),
             reactors: runtime.handles().to_vec(),
             events: Arc::new(EventBus::new(4096)),
+            volumes,
             started: Instant::now(),
         });
+        crate::build_vm_objects(&state, &config)?;
+        let pump_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pump = {
+            let (st, stop) = (state.clone(), pump_stop.clone());
+            std::thread::Builder::new()
+                .name("sched-events".into())
+                .spawn(move || crate::vm_rpc::event_pump(st, stop))
+                .map_err(|e| DaemonError::Setup(format!("cannot start the event thread: {e}")))?
+        };
         let handler = Arc::new(Handler::new(state.clone()));
         let rpc = RpcServer::bind_with(
             &socket,
@@ -152,6 +190,7 @@ impl Daemon {
             runtime: Some(runtime),
             rpc: Some(rpc),
             socket,
+            pump: Some((pump, pump_stop)),
         })
     }
 
@@ -173,6 +212,10 @@ impl Daemon {
     fn stop(&mut self) {
         if let Some(rpc) = self.rpc.take() {
             rpc.shutdown();
+        }
+        if let Some((t, stop)) = self.pump.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = t.join();
         }
         if let Some(rt) = self.runtime.take() {
             let t0 = Instant::now();

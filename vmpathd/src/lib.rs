@@ -14,8 +14,31 @@
 pub mod bdevs;
 pub mod daemon;
 pub mod rpc;
+pub mod vm_rpc;
 
 pub use daemon::{Daemon, DaemonError, DaemonOptions};
 
 /// The daemon's version string.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Creates the scheduler paths, VMs and volumes of the config (after its bdevs).
+pub(crate) fn build_vm_objects(
+    state: &daemon::State,
+    config: &vmpath_config::Config,
+) -> Result<(), DaemonError> {
+    for (i, p) in config.paths.iter().enumerate() {
+        vm_rpc::add_path(state, p)
+            .map_err(|e| DaemonError::Setup(format!("path[{i}] ({}): {}", p.name, e.message)))?;
+    }
+    let sched = state.volumes.scheduler();
+    for (i, vm) in config.vms.iter().enumerate() {
+        sched
+            .create_vm(vm.clone())
+            .map_err(|e| DaemonError::Setup(format!("vm[{i}] ({}): {e}", vm.name)))?;
+    }
+    for (i, v) in config.volumes.iter().enumerate() {
+        vm_rpc::create_volume(state, v)
+            .map_err(|e| DaemonError::Setup(format!("volume[{i}] ({}): {}", v.name, e.message)))?;
+    }
+    Ok(())
+}

@@ -248,11 +248,16 @@ impl RpcHandler for Handler {
                 Ok(self.get_reactors())
             }
             "save_config" => self.save_config(params),
-            other => Err(RpcError::method_not_found(other)),
+            other => crate::vm_rpc::call(&self.state, other, params)
+                .unwrap_or_else(|| Err(RpcError::method_not_found(other))),
         }
     }
 
     fn methods(&self) -> Vec<String> {
-        METHODS.iter().map(|s| s.to_string()).collect()
+        METHODS
+            .iter()
+            .chain(crate::vm_rpc::METHODS)
+            .map(|s| s.to_string())
+            .collect()
     }
 }

@@ -122,7 +122,12 @@ fn default_config_serves_bdevs_and_reactors() {
     let v = d.call("vmpath_get_version", Value::Null).unwrap();
     assert!(v["version"].as_str().unwrap().starts_with("vmpath v"));
     let bdevs = d.call("bdev_get_bdevs", Value::Null).unwrap();
-    assert_eq!(names(&bdevs), vec!["Malloc0", "Null0"]);
+    assert_eq!(
+        names(&bdevs),
+        vec!["Malloc0", "Null0", "vm1-disk", "vm2-disk"]
+    );
+    assert_eq!(bdevs[2]["type"], "volume");
+    assert_eq!(bdevs[2]["num_blocks"], 8192);
     let m = &bdevs[0];
     assert_eq!(m["type"], "malloc");
     assert_eq!(m["block_size"], 4096);
@@ -232,7 +237,10 @@ fn bad_rpc_input_gets_clear_errors_and_the_daemon_keeps_serving() {
     }
     // Still alive and consistent.
     let bdevs = d.call("bdev_get_bdevs", Value::Null).unwrap();
-    assert_eq!(names(&bdevs), vec!["Malloc0", "Null0"]);
+    assert_eq!(
+        names(&bdevs),
+        vec!["Malloc0", "Null0", "vm1-disk", "vm2-disk"]
+    );
 }
 
 #[test]
@@ -245,6 +253,22 @@ fn save_config_rebuilds_the_same_state() {
     )
     .unwrap();
     d.call("bdev_delete", json!({"name": "Null0"})).unwrap();
+    d.call(
+        "vm_create",
+        json!({"name": "vm3", "shares": 300, "limit": {"iops": 5000}}),
+    )
+    .unwrap();
+    d.call(
+        "sched_path_add",
+        json!({"name": "slow0", "bdev": "Slow0", "capacity_iops": 1000, "capacity_mbps": 4}),
+    )
+    .unwrap();
+    d.call(
+        "volume_create",
+        json!({"name": "vm3-disk", "vm": "vm3", "paths": ["slow0"], "num_blocks": 100}),
+    )
+    .unwrap();
+    let vms_before = d.call("vm_get_vms", Value::Null).unwrap();
     let before = d.call("bdev_get_bdevs", Value::Null).unwrap();
     let saved = d.call("save_config", Value::Null).unwrap();
     let text = saved["config"].as_str().unwrap().to_string();
@@ -263,6 +287,16 @@ fn save_config_rebuilds_the_same_state() {
         }
     }
     assert_eq!(after[1]["uuid"], "8d5e5a3c-1f2d-4c5e-9a7b-1234567890ab");
+    let vms_after = d2.call("vm_get_vms", Value::Null).unwrap();
+    let specs = |v: &Value| -> Vec<Value> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["spec"].clone())
+            .collect()
+    };
+    assert_eq!(specs(&vms_before), specs(&vms_after));
+    assert!(names(&after).contains(&"vm3-disk".to_string()));
 }
 
 #[test]
@@ -337,4 +371,114 @@ fn second_daemon_on_the_same_socket_is_refused() {
     assert!(!out.status.success());
     // The first one is untouched.
     d.call("bdev_get_bdevs", Value::Null).unwrap();
+}
+
+#[test]
+fn vms_paths_and_volumes_by_rpc() {
+    let d = Vmpathd::start(None);
+    // The default config: two VMs with different shares on one path.
+    let vms = d.call("vm_get_vms", Value::Null).unwrap();
+    let shares: Vec<(String, u64)> = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["spec"]["shares"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(shares, vec![("vm1".into(), 2000), ("vm2".into(), 1000)]);
+    let paths = d.call("sched_get_paths", Value::Null).unwrap();
+    assert_eq!(paths.as_array().unwrap().len(), 1);
+
+    // Create, change, suspend, resume.
+    d.call("vm_create", json!({"name": "vm3", "shares": 500}))
+        .unwrap();
+    let e = d.call("vm_create", json!({"name": "vm3"})).unwrap_err();
+    assert_eq!(rpc_code(&e), -17);
+    d.call(
+        "vm_set_qos",
+        json!({"name": "vm3", "shares": 700, "limit": {"iops": 900}}),
+    )
+    .unwrap();
+    let v = d.call("vm_get_vms", json!({"name": "vm3"})).unwrap();
+    assert_eq!(v[0]["spec"]["shares"], 700);
+    assert_eq!(v[0]["spec"]["limit"]["iops"], 900);
+    d.call("vm_suspend", json!({"name": "vm3"})).unwrap();
+    let v = d.call("vm_get_vms", json!({"name": "vm3"})).unwrap();
+    assert!(!v[0]["suspended"].as_array().unwrap().is_empty(), "{v}");
+    d.call("vm_resume", json!({"name": "vm3"})).unwrap();
+    let v = d.call("vm_get_vms", json!({"name": "vm3"})).unwrap();
+    assert!(v[0]["suspended"].as_array().unwrap().is_empty(), "{v}");
+
+    // Bad input: each a clear error, nothing changes.
+    let e = d
+        .call("vm_create", json!({"name": "bad", "shares": 0}))
+        .unwrap_err();
+    assert_eq!(rpc_code(&e), -32602);
+    assert!(e.to_string().contains("shares"), "{e}");
+    let e = d
+        .call("vm_set_qos", json!({"name": "nope", "shares": 10}))
+        .unwrap_err();
+    assert_eq!(rpc_code(&e), -19);
+    let e = d
+        .call("vm_set_qos", json!({"name": "vm3", "sharez": 10}))
+        .unwrap_err();
+    assert_eq!(rpc_code(&e), -32602);
+    assert!(e.to_string().contains("sharez"), "{e}");
+    // A reservation the paths cannot carry is refused (local0 is estimated at 200k IOPS).
+    let e = d
+        .call(
+            "vm_create",
+            json!({"name": "greedy", "reservation": {"iops": 10_000_000}}),
+        )
+        .unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("reserv"), "{e}");
+    assert_eq!(
+        d.call("vm_get_vms", Value::Null)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    // A volume must fit its storage and name a real VM and path.
+    let e = d
+        .call("volume_create", json!({"name": "v", "vm": "vm3", "paths": ["local0"], "offset_blocks": 16000, "num_blocks": 1000}))
+        .unwrap_err();
+    assert!(e.to_string().contains("fit"), "{e}");
+    let e = d
+        .call(
+            "volume_create",
+            json!({"name": "v", "vm": "nope", "paths": ["local0"]}),
+        )
+        .unwrap_err();
+    assert_eq!(rpc_code(&e), -19);
+    d.call("volume_create", json!({"name": "vm3-disk", "vm": "vm3", "paths": ["local0"], "offset_blocks": 16000, "num_blocks": 384}))
+        .unwrap();
+    // A VM with a volume cannot be deleted; after the volume goes, it can.
+    let e = d.call("vm_delete", json!({"name": "vm3"})).unwrap_err();
+    assert_eq!(rpc_code(&e), -16);
+    d.call("volume_delete", json!({"name": "vm3-disk"}))
+        .unwrap();
+    d.call("vm_delete", json!({"name": "vm3"})).unwrap();
+    let e = d.call("vm_get_vms", json!({"name": "vm3"})).unwrap_err();
+    assert_eq!(rpc_code(&e), -19);
+    // Path state changes are accepted and visible.
+    d.call(
+        "sched_path_set_state",
+        json!({"name": "local0", "state": "non-optimized"}),
+    )
+    .unwrap();
+    let paths = d.call("sched_get_paths", Value::Null).unwrap();
+    assert!(paths.to_string().contains("non-optimized"), "{paths}");
+    let e = d
+        .call(
+            "sched_path_set_state",
+            json!({"name": "local0", "state": "sideways"}),
+        )
+        .unwrap_err();
+    assert_eq!(rpc_code(&e), -32602);
 }

@@ -243,10 +243,21 @@ impl VolumeManager {
     /// it. Call once per reactor, on that reactor.
     pub fn install(self: &Arc<Self>, reactor: &mut Reactor) -> Result<(), VolumeError> {
         let ctx = self.install_on_thread(reactor.id() as usize)?;
-        reactor.register_poller("volume-sched", move |r| {
+        let me: Rc<std::cell::Cell<Option<vmpath_runtime::PollerId>>> = Rc::default();
+        let me2 = me.clone();
+        let id = reactor.register_poller("volume-sched", move |r| {
             let now = r.now();
-            ctx.borrow_mut().poll(now)
+            let mut c = ctx.borrow_mut();
+            let status = c.poll(now);
+            // On shutdown, leave once everything in the scheduler's hands has completed.
+            if r.stop_requested() && c.held() == 0 && c.inflight() == 0 && c.retry.is_empty() {
+                if let Some(id) = me2.get() {
+                    r.unregister_poller(id);
+                }
+            }
+            status
         });
+        me.set(Some(id));
         Ok(())
     }
 
