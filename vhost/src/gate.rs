@@ -11,6 +11,7 @@
 use std::fmt;
 
 use vmpath_bdev::IoType;
+use vmpath_runtime::Reactor;
 
 /// A request as the gate sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +38,9 @@ pub enum Admit {
 
 /// A per-VM admission policy shared by all queues of a disk.
 pub trait IoGate: Send + Sync + fmt::Debug {
-    /// Opens the gate of one virtqueue; called on the reactor `reactor` that runs it.
-    fn open(&self, vm: &str, queue: u16, reactor: u32) -> Box<dyn GateChannel>;
+    /// Opens the gate of one virtqueue; called on the reactor that runs the queue, so the
+    /// gate can keep per-reactor state in [`Reactor::local`] (shared by every queue there).
+    fn open(&self, vm: &str, queue: u16, reactor: &mut Reactor) -> Box<dyn GateChannel>;
 }
 
 /// One virtqueue's view of the gate (`!Send`: used on its reactor only).
@@ -59,7 +61,7 @@ pub struct PassThrough;
 pub struct PassThroughChannel;
 
 impl IoGate for PassThrough {
-    fn open(&self, _vm: &str, _queue: u16, _reactor: u32) -> Box<dyn GateChannel> {
+    fn open(&self, _vm: &str, _queue: u16, _reactor: &mut Reactor) -> Box<dyn GateChannel> {
         Box::new(PassThroughChannel)
     }
 }
@@ -80,7 +82,8 @@ mod tests {
 
     #[test]
     fn pass_through_admits_everything() {
-        let mut c = PassThrough.open("vm", 0, 0);
+        let mut r = Reactor::new(0, None, 16).unwrap();
+        let mut c = PassThrough.open("vm", 0, &mut r);
         let io = GateIo {
             op: IoType::Write,
             bytes: 4096,

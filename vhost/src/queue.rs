@@ -422,7 +422,7 @@ impl Worker {
             .bdev
             .open_channel()
             .map_err(|source| QueueError::Channel { index, source })?;
-        let gate = s.gate.open(&s.vm, index, r.id());
+        let gate = s.gate.open(&s.vm, index, r);
         let limits = ChainLimits {
             max_descs: size as u32,
             indirect: s.indirect,

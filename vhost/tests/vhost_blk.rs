@@ -761,7 +761,12 @@ struct BudgetChannel {
 }
 
 impl IoGate for BudgetGate {
-    fn open(&self, vm: &str, _queue: u16, _reactor: u32) -> Box<dyn GateChannel> {
+    fn open(
+        &self,
+        vm: &str,
+        _queue: u16,
+        _reactor: &mut vmpath_runtime::Reactor,
+    ) -> Box<dyn GateChannel> {
         assert_eq!(vm, "vm-a");
         Box::new(BudgetChannel {
             budget: self.budget.clone(),
