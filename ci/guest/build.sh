@@ -47,20 +47,20 @@ ensure_lists() {
 # deb_of NAME: path of the cached .deb of package NAME (downloads it once).
 deb_of() {
   local name="$1" f
-  f=$(ls "$DEBS/${name}"_*.deb 2>/dev/null | head -n1 || true)
+  f=$(ls "$DEBS/${name}"_*.deb 2>/dev/null | sed -n 1p || true)
   if [ -z "$f" ]; then
     ensure_lists
     log "apt-get download $name"
     (cd "$DEBS" && apt-get "${APT_OPTS[@]}" download "$name" >/dev/null) ||
       die "apt-get download $name failed"
-    f=$(ls "$DEBS/${name}"_*.deb 2>/dev/null | head -n1 || true)
+    f=$(ls "$DEBS/${name}"_*.deb 2>/dev/null | sed -n 1p || true)
     [ -n "$f" ] || die "apt-get download $name produced no file"
   fi
   echo "$f"
 }
 
 is_installed() {
-  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == *"install ok installed"* ]]
 }
 
 # deps_of DEB: one line per dependency group ("a|b|c"), version constraints and :arch stripped.
@@ -128,13 +128,14 @@ missing=$(LD_LIBRARY_PATH="$QEMU_LD" ldd "$QEMU_BIN" | grep 'not found' || true)
 [ -z "$missing" ] || die "qemu-system-x86_64 still misses shared libraries:
 $missing"
 QEMU_FW=("$QROOT/usr/share/qemu" "$QROOT/usr/share/seabios" "$QROOT/usr/lib/ipxe/qemu")
-QEMU_VERSION=$(LD_LIBRARY_PATH="$QEMU_LD" "$QEMU_BIN" --version | head -n1) ||
+QEMU_VERSION=$(LD_LIBRARY_PATH="$QEMU_LD" "$QEMU_BIN" --version) ||
   die "qemu-system-x86_64 --version failed"
+QEMU_VERSION="${QEMU_VERSION%%$'\n'*}"
 log "$QEMU_VERSION"
 
 # ---------------------------------------------------------------- kernel + modules
 KMETA=$(deb_of linux-image-amd64)
-KPKG=$(dpkg-deb -f "$KMETA" Depends | tr ',' '\n' | sed -n 's/^[[:space:]]*\(linux-image-[0-9][^[:space:]]*\).*/\1/p' | head -n1)
+KPKG=$(dpkg-deb -f "$KMETA" Depends | tr ',' '\n' | sed -n 's/^[[:space:]]*\(linux-image-[0-9][^[:space:]]*\).*/\1/p' | sed -n 1p)
 [ -n "$KPKG" ] || die "cannot find the versioned kernel package in linux-image-amd64's Depends"
 KVER="${KPKG#linux-image-}"
 KSTAMP="$KROOT/.unpacked-$KVER"
@@ -158,10 +159,10 @@ module_file() {
   if grep -Eq "/(${name}|${alt})\.ko(\.[a-z]+)?$" "$MODDIR/modules.builtin"; then
     return 0
   fi
-  f=$(find "$MODDIR" \( -name "$name.ko*" -o -name "$alt.ko*" \) | head -n1)
+  f=$(find "$MODDIR" \( -name "$name.ko*" -o -name "$alt.ko*" \) | sed -n 1p)
   if [ -z "$f" ]; then
     dpkg-deb --fsys-tarfile "$KDEB" | tar -x -C "$KROOT" --wildcards "*/$name.ko*" "*/$alt.ko*" 2>/dev/null || true
-    f=$(find "$MODDIR" \( -name "$name.ko*" -o -name "$alt.ko*" \) | head -n1)
+    f=$(find "$MODDIR" \( -name "$name.ko*" -o -name "$alt.ko*" \) | sed -n 1p)
   fi
   [ -n "$f" ] || die "kernel module $name not found in $KDEB"
   echo "$f"
@@ -175,7 +176,7 @@ modinfo_depends() {
     *.zst) zstd -dc "$ko" ;;
     *.gz) gzip -dc "$ko" ;;
     *) cat "$ko" ;;
-  esac | tr '\0' '\n' | sed -n 's/^depends=//p' | head -n1 | tr ',' ' '
+  esac | tr '\0' '\n' | sed -n 's/^depends=//p' | sed -n 1p | tr ',' ' '
 }
 
 # Load order: dependencies first (depth-first post-order).
@@ -200,8 +201,9 @@ if [ ! -x "$BBROOT/bin/busybox" ]; then
   dpkg -x "$BBDEB" "$BBROOT"
 fi
 BB="$BBROOT/bin/busybox"
-for applet in sh dd cmp blkdiscard taskset awk timeout poweroff insmod; do
-  "$BB" --list | grep -qx "$applet" || die "busybox-static lacks the '$applet' applet"
+BB_APPLETS=$("$BB" --list)
+for applet in sh dd cmp blkdiscard taskset awk poweroff insmod stty; do
+  grep -qx "$applet" <<<"$BB_APPLETS" || die "busybox-static lacks the '$applet' applet"
 done
 
 # ---------------------------------------------------------------- blkzero (BLKZEROOUT helper)
@@ -244,7 +246,7 @@ if [ ! -f "$INITRD" ] || [ "$(cat "$OUT/.initrd-hash" 2>/dev/null)" != "$INPUT_H
   rm -rf "$STAGE"
   mkdir -p "$STAGE"/{bin,dev,proc,sys,tmp,run,etc,lib/modules,vmpath}
   cp "$BB" "$STAGE/bin/busybox"
-  for applet in $("$BB" --list); do
+  for applet in $BB_APPLETS; do
     [ -e "$STAGE/bin/$applet" ] || ln -s busybox "$STAGE/bin/$applet"
   done
   [ -x "$BLKZERO" ] && cp "$BLKZERO" "$STAGE/bin/blkzero"

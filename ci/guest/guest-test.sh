@@ -17,6 +17,8 @@
 # Disk layout (bytes): [0,4M) flush test, [4M,8M) discard test, [8M,12M) restart-mode stream,
 # [12M,16M) write-zeroes test, [16M,end) NSLOTS data slots of 4 KiB .. 1 MiB + 512 at spread
 # offsets, the last slot ending at the last sector of the disk.
+# shellcheck disable=SC2046 # "set -- $(slot ...)" splits "OFFSET LEN" on purpose
+# shellcheck disable=SC3045 # busybox ash has read -t
 set -u
 T=/tmp/vmpath
 mkdir -p "$T"

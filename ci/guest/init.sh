@@ -41,13 +41,15 @@ param() {
   done
   echo "$v"
 }
-export VMPATH_MODE="$(param mode basic)"
-export VMPATH_MIN_QUEUES="$(param min_queues 2)"
-export VMPATH_DISCARD="$(param discard zero)"
-export VMPATH_WRITE_ZEROES="$(param write_zeroes on)"
-export VMPATH_RESTART_WAIT="$(param restart_wait 180)"
-export VMPATH_PROGRESS_WAIT="$(param progress_wait 120)"
-export VMPATH_WCE="$(param wce enable)"
+VMPATH_MODE="$(param mode basic)"
+VMPATH_MIN_QUEUES="$(param min_queues 2)"
+VMPATH_DISCARD="$(param discard zero)"
+VMPATH_WRITE_ZEROES="$(param write_zeroes on)"
+VMPATH_RESTART_WAIT="$(param restart_wait 180)"
+VMPATH_PROGRESS_WAIT="$(param progress_wait 120)"
+VMPATH_WCE="$(param wce enable)"
+export VMPATH_MODE VMPATH_MIN_QUEUES VMPATH_DISCARD VMPATH_WRITE_ZEROES VMPATH_RESTART_WAIT \
+  VMPATH_PROGRESS_WAIT VMPATH_WCE
 want="$(param disks '' | tr ',' ' ')"
 
 # Wait (bounded) for the disk(s) to appear.
@@ -70,7 +72,9 @@ while :; do
   [ "$i" -ge 100 ] && result "FAIL (no virtio-blk disk appeared within 10 s; wanted:${want:- any} found:${found:- none})"
   sleep 0.1
 done
-export VMPATH_DISKS="$(echo $want)"
+# shellcheck disable=SC2086 # word splitting trims the list
+VMPATH_DISKS="$(echo $want)"
+export VMPATH_DISKS
 echo "VMPATH-GUEST: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpus, mode $VMPATH_MODE, disks $VMPATH_DISKS"
 
 if /vmpath/guest-test.sh main; then

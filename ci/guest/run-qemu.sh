@@ -67,6 +67,19 @@ ENVF="$W/guest/env.sh"
 # shellcheck source=/dev/null
 . "$ENVF"
 
+QPID=""
+RUN=""
+cleanup() {
+  if [ -n "$QPID" ] && kill -0 "$QPID" 2>/dev/null; then
+    kill "$QPID" 2>/dev/null || true
+    sleep 1
+    kill -9 "$QPID" 2>/dev/null || true
+  fi
+  exec 3>&- || true
+  [ -z "$RUN" ] || rm -rf "$RUN"
+}
+trap cleanup EXIT
+trap "exit 1" INT TERM HUP
 RUN="$(mktemp -d "${TMPDIR:-/tmp}/vmpath-guest.XXXXXX")"
 if [ -z "$LOG" ]; then
   mkdir -p "$W/guest/logs"
@@ -76,22 +89,12 @@ if [ -z "$LOG" ]; then
 fi
 mkdir -p "$(dirname "$LOG")"
 : >"$LOG"
-QPID=""
-cleanup() {
-  if [ -n "$QPID" ] && kill -0 "$QPID" 2>/dev/null; then
-    kill "$QPID" 2>/dev/null || true
-    sleep 1
-    kill -9 "$QPID" 2>/dev/null || true
-  fi
-  exec 3>&- 2>/dev/null || true
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
 
 FW_ARGS=()
 for d in "${QEMU_FW[@]}"; do [ -d "$d" ] && FW_ARGS+=(-L "$d"); done
 
-CMDLINE="console=ttyS0 quiet panic=-1 vmpath.mode=$MODE${APPEND:+ $APPEND}"
+CMDLINE="console=ttyS0 quiet panic=-1 vmpath.mode=$MODE vmpath.min_queues=$QUEUES${APPEND:+ $APPEND}"
+# shellcheck disable=SC2054 # commas belong to QEMU option values
 QEMU_ARGS=(
   "${FW_ARGS[@]}"
   -machine q35 -accel "$ACCEL" -cpu "$CPU" -smp "$SMP" -m 512
@@ -115,7 +118,8 @@ fi
 QPID=$!
 exec 3>"$RUN/in"
 
-has_line() { tr -d '\r' <"$LOG" | grep -q "$1"; }
+# grep -c reads all its input: no SIGPIPE for tr under pipefail, unlike grep -q
+has_line() { tr -d '\r' <"$LOG" | grep -c "$1" >/dev/null; }
 elapsed() { echo "$(date +%s.%N) $T0" | awk '{ printf "%.1f", $1 - $2 }'; }
 
 restart_done=0

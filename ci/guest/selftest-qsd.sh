@@ -53,7 +53,7 @@ echo "selftest: $("$QSD" --version 2>/dev/null | head -n1 || LD_LIBRARY_PATH="$Q
 
 D="$(mktemp -d "${TMPDIR:-/tmp}/vmpath-guest-selftest.XXXXXX")"
 cleanup() {
-  [ -f "$D/qsd.pid" ] && kill "$(cat "$D/qsd.pid")" 2>/dev/null || true
+  if [ -f "$D/qsd.pid" ]; then kill "$(cat "$D/qsd.pid")" 2>/dev/null || true; fi
   rm -rf "$D"
 }
 trap cleanup EXIT
