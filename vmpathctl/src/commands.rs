@@ -102,6 +102,10 @@ pub enum Command {
     )]
     VmpathGetEvents(EventsArgs),
 
+    /// VM, scheduler path and volume commands.
+    #[command(flatten)]
+    Vm(crate::vm_commands::VmCommand),
+
     /// Call any RPC method with JSON params and print the JSON result
     ///
     /// Example: `vmpathctl call bdev_get_bdevs '{"name": "Malloc0"}'`.
@@ -282,6 +286,10 @@ impl Command {
                 }
                 ("vmpath_get_events", Some(p))
             }
+            Command::Vm(c) => {
+                let (m, p) = c.request();
+                return Ok((m, p));
+            }
             Command::Call { method, params } => {
                 let params = params
                     .as_deref()
@@ -314,6 +322,7 @@ impl Command {
             Command::FrameworkGetReactors => format::reactors(result),
             Command::SaveConfig { .. } => format::saved_config(result),
             Command::VmpathGetEvents(_) => format::events(result),
+            Command::Vm(c) => c.render(result),
             Command::Call { .. } => Ok(pretty(result)),
         }
     }

@@ -17,6 +17,16 @@ pub struct FormatError {
     reason: String,
 }
 
+impl FormatError {
+    /// A renderer's complaint about a result of `what`.
+    pub fn new(what: &'static str, reason: impl Into<String>) -> Self {
+        FormatError {
+            what,
+            reason: reason.into(),
+        }
+    }
+}
+
 fn view<T: DeserializeOwned>(what: &'static str, result: &Value) -> Result<T, FormatError> {
     T::deserialize(result).map_err(|e| FormatError {
         what,

@@ -8,6 +8,7 @@
 
 mod commands;
 mod format;
+mod vm_commands;
 
 use std::io::Write;
 use std::path::PathBuf;
