@@ -5,7 +5,7 @@
 //!
 //! A ring starts when it is fully described — memory table, size, addresses, kick fd and
 //! enabled (`SET_VRING_ENABLE`, or at once if protocol features were not negotiated) — and is
-//! then handed to its reactor ([`crate::queue`]). `GET_VRING_BASE`, disabling and reset stop it
+//! then handed to its reactor (module `queue`). `GET_VRING_BASE`, disabling and reset stop it
 //! after its in-flight requests completed; a disconnect freezes it (requests finish at the
 //! device but the guest's rings are left alone, so the inflight region re-runs them).
 //!

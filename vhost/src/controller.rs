@@ -4,7 +4,7 @@
 //! temporary name, restricted, then renamed into place, so it is never reachable with wider
 //! permissions), serves one frontend connection at a time with rust-vmm's
 //! `BackendReqHandler`, and after a disconnect waits for the next one (QEMU
-//! `reconnect=1`). The data path runs on the reactors ([`crate::queue`]).
+//! `reconnect=1`). The data path runs on the reactors (module `queue`).
 
 use std::fs;
 use std::io;

@@ -8,14 +8,14 @@
 //!
 //! How a request flows:
 //!
-//! 1. **Control plane** ([`backend`], on the controller's management thread): rust-vmm's
+//! 1. **Control plane** (module `backend`, on the controller's management thread): rust-vmm's
 //!    `vhost` crate decodes the socket messages; this crate negotiates the features (virtio
 //!    `VERSION_1`, `INDIRECT_DESC`, `EVENT_IDX`; virtio-blk `SIZE_MAX`, `SEG_MAX`, `BLK_SIZE`,
 //!    `FLUSH`, `CONFIG_WCE`, `MQ`, `DISCARD`, `WRITE_ZEROES`, `TOPOLOGY`, `RO`; protocol `MQ`,
 //!    `CONFIG`, `REPLY_ACK`, `CONFIGURE_MEM_SLOTS`, `INFLIGHT_SHMFD`), maps guest memory
 //!    ([`memory`]) and, once a ring is complete, hands it to a reactor by message. Queue `i`
 //!    runs on reactor `i % n`: one disk is served by several cores.
-//! 2. **Data path** ([`queue`], on the reactor): the ring belongs to that reactor alone (no
+//! 2. **Data path** (module `queue`, on the reactor): the ring belongs to that reactor alone (no
 //!    lock). Each pass pulls new heads, walks each descriptor chain with full checks against the
 //!    guest memory regions ([`chain`]), interprets it as a virtio-blk request ([`request`]),
 //!    asks the VM's admission gate ([`gate`]) and submits zero-copy to the block device; it

@@ -105,7 +105,7 @@ pub struct QueueCounters {
     in_flight: AtomicU64,
 }
 
-/// A snapshot of [`QueueCounters`].
+/// A snapshot of one virtqueue's counters (or their sum over a controller).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
     /// Reads completed (any status).
