@@ -608,7 +608,11 @@ impl Worker {
         if self.c.stopping.is_some() {
             self.maybe_finish_stop(r);
         }
-        PollStatus::from_work(work || self.c.in_flight > 0)
+        // Busy while requests are in flight, and while guest kicks are suppressed: the reactor
+        // must not sleep before notifications are re-enabled, or a request could wait for the
+        // reactor's next timer instead of waking it.
+        let polling_for_guest = self.c.pulling() && !self.c.notify_enabled;
+        PollStatus::from_work(work || self.c.in_flight > 0 || polling_for_guest)
     }
 
     /// Delivers device completions and submits write-through flushes.
