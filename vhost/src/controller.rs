@@ -602,3 +602,42 @@ fn serve(ctx: &Ctx, backend: &SharedBackend, stream: UnixStream, stop_fd: i32) -
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controller_can_be_shared_with_management_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<VhostBlkController>();
+        send_sync::<ControllerInfo>();
+        send_sync::<VhostError>();
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_and_other_files_are_refused() {
+        let dir = std::env::temp_dir().join(format!("vmpath-vhost-bind-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("s.sock");
+        let l = bind_private(&p).unwrap();
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(
+            bind_private(&p),
+            Err(VhostError::SocketInUse { .. })
+        ));
+        drop(l);
+        // Nobody listens any more: the stale socket is replaced.
+        let _l2 = bind_private(&p).unwrap();
+        let f = dir.join("plain");
+        fs::write(&f, b"x").unwrap();
+        assert!(matches!(
+            bind_private(&f),
+            Err(VhostError::SocketInUse { .. })
+        ));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
