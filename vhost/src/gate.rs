@@ -22,6 +22,9 @@ pub struct GateIo {
     pub bytes: u64,
     /// Virtqueue index.
     pub queue: u16,
+    /// Identifies the request among the queue's unfinished ones (the same value when a held
+    /// request is asked about again, and at its completion).
+    pub id: u64,
 }
 
 /// The gate's answer.
@@ -34,6 +37,8 @@ pub enum Admit {
         /// Upper bound before the next attempt, in nanoseconds.
         retry_ns: u64,
     },
+    /// Fail the request (`VIRTIO_BLK_S_IOERR`), e.g. no path came back in time.
+    Fail,
 }
 
 /// A per-VM admission policy shared by all queues of a disk.
@@ -45,6 +50,13 @@ pub trait IoGate: Send + Sync + fmt::Debug {
 
 /// One virtqueue's view of the gate (`!Send`: used on its reactor only).
 pub trait GateChannel {
+    /// Whether the queue should pull new requests from its ring at all (false: the VM is
+    /// held, e.g. during a path failover; the queue asks again about every millisecond).
+    fn should_pull(&mut self, now: u64) -> bool {
+        let _ = now;
+        true
+    }
+
     /// Whether `io` may be submitted at `now` (reactor clock, nanoseconds).
     fn admit(&mut self, io: &GateIo, now: u64) -> Admit;
 
@@ -88,7 +100,9 @@ mod tests {
             op: IoType::Write,
             bytes: 4096,
             queue: 0,
+            id: 1,
         };
+        assert!(c.should_pull(0));
         assert_eq!(c.admit(&io, 0), Admit::Now);
         c.complete(&io, 1, 1, true);
     }

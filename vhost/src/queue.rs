@@ -43,6 +43,8 @@ use crate::request::{self, Geometry, Parsed, SegList};
 pub const MAX_BATCH: usize = 64;
 /// `VRING_AVAIL_F_NO_INTERRUPT`.
 const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// How often a queue whose gate refuses pulling (`GateChannel::should_pull`) asks again.
+const GATE_PAUSE_RETRY_NS: u64 = 1_000_000;
 /// Idle passes in the notification-enabled state between two defensive kick-fd drains.
 const DRAIN_EVERY_IDLE_PASSES: u32 = 1024;
 
@@ -354,6 +356,7 @@ struct Core {
     wake_registered: bool,
     poller: Option<PollerId>,
     retry_timer: Option<PollerId>,
+    gate_paused: bool,
     scratch: Chain,
     d: QueueStats,
     counters: Arc<QueueCounters>,
@@ -465,6 +468,7 @@ impl Worker {
                 wake_registered: false,
                 poller: None,
                 retry_timer: None,
+                gate_paused: false,
                 scratch: Chain::default(),
                 d: QueueStats::default(),
                 counters: s.counters,
@@ -579,7 +583,18 @@ impl Worker {
         // their notion of `now` for new submissions from the last poll.
         let mut work = self.reap(now);
         let mut pulled = false;
-        if self.c.pulling() {
+        self.c.gate_paused = self.c.pulling() && !self.c.gate.should_pull(now);
+        if self.c.gate_paused {
+            // The gate stopped this VM (failover hold): leave the ring alone, do not let
+            // kicks keep the reactor awake, look again after a while.
+            if self.c.notify_enabled {
+                self.c.drain_kick();
+            }
+            self.c.arm_retry(r, GATE_PAUSE_RETRY_NS);
+        } else if self.c.pulling() {
+            if self.c.held.is_none() {
+                self.c.cancel_retry(r);
+            }
             pulled = self.pull(r, now);
             work |= pulled;
             if pulled && self.c.in_flight > 0 {
@@ -593,7 +608,7 @@ impl Worker {
         if self.c.in_flight == 0 && !self.c.retired.is_empty() {
             self.c.retired.clear();
         }
-        if self.c.pulling() {
+        if self.c.pulling() && !self.c.gate_paused {
             work |= self.c.adapt_notifications(now, pulled);
         }
         if self.c.broken && self.c.wake_registered {
@@ -611,7 +626,7 @@ impl Worker {
         // Busy while requests are in flight, and while guest kicks are suppressed: the reactor
         // must not sleep before notifications are re-enabled, or a request could wait for the
         // reactor's next timer instead of waking it.
-        let polling_for_guest = self.c.pulling() && !self.c.notify_enabled;
+        let polling_for_guest = self.c.pulling() && !self.c.gate_paused && !self.c.notify_enabled;
         PollStatus::from_work(work || self.c.in_flight > 0 || polling_for_guest)
     }
 
@@ -782,6 +797,7 @@ impl Worker {
             op: p.req.op,
             bytes: p.bytes,
             queue: c.index,
+            id: p.head as u64,
         };
         if !p.admitted {
             match c.gate.admit(&io, now) {
@@ -793,6 +809,12 @@ impl Worker {
                     c.d.gate_holds += 1;
                     c.arm_retry(r, retry_ns);
                     return Err(p);
+                }
+                Admit::Fail => {
+                    c.cancel_retry(r);
+                    c.count_status(VIRTIO_BLK_S_IOERR);
+                    c.finish(p.head, p.status_gpa, VIRTIO_BLK_S_IOERR, 1);
+                    return Ok(());
                 }
             }
         }
@@ -991,6 +1013,7 @@ impl Core {
             op: slot.op,
             bytes: slot.bytes,
             queue: self.index,
+            id: head as u64,
         };
         self.gate
             .complete(&io, now, now.saturating_sub(slot.start_ns), ok);

@@ -748,16 +748,21 @@ fn disconnect_without_inflight_region_then_fresh_connection_works() {
     assert_eq!(read(&mut d, 0, 0, 4096), data);
 }
 
-/// A gate with a budget of requests, refilled by the test.
+/// A gate with a budget of requests, refilled by the test; it can also pause the VM and
+/// fail requests.
 #[derive(Debug, Default)]
 struct BudgetGate {
     budget: Arc<AtomicU64>,
     completed: Arc<AtomicU64>,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct BudgetChannel {
     budget: Arc<AtomicU64>,
     completed: Arc<AtomicU64>,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl IoGate for BudgetGate {
@@ -771,12 +776,21 @@ impl IoGate for BudgetGate {
         Box::new(BudgetChannel {
             budget: self.budget.clone(),
             completed: self.completed.clone(),
+            paused: self.paused.clone(),
+            fail: self.fail.clone(),
         })
     }
 }
 
 impl GateChannel for BudgetChannel {
+    fn should_pull(&mut self, _now: u64) -> bool {
+        !self.paused.load(Ordering::SeqCst)
+    }
+
     fn admit(&mut self, _io: &GateIo, _now: u64) -> Admit {
+        if self.fail.load(Ordering::SeqCst) {
+            return Admit::Fail;
+        }
         let b = self.budget.load(Ordering::SeqCst);
         if b == 0 {
             return Admit::Hold { retry_ns: 200_000 };
@@ -787,7 +801,14 @@ impl GateChannel for BudgetChannel {
 
     fn complete(&mut self, io: &GateIo, _now: u64, _latency_ns: u64, ok: bool) {
         assert!(ok);
-        assert_eq!(io.bytes, 4096);
+        assert_eq!(
+            io.bytes,
+            if io.op == vmpath_bdev::IoType::Flush {
+                0
+            } else {
+                4096
+            }
+        );
         self.completed.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -836,6 +857,25 @@ fn gate_holds_requests_in_order_and_releases_them() {
     for i in 0..8u64 {
         assert_eq!(read(&mut d, 0, i * 8, 4096), pattern(i, 4096));
     }
+    // Paused by the gate: the ring is not pulled; unpaused: it is.
+    gate.paused.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(20));
+    let q = d.queue(0);
+    q.submit(ReqKind::Flush, 0, 0, 50).unwrap();
+    q.force_kick();
+    assert!(
+        q.wait_for(1, Duration::from_millis(100)).is_empty(),
+        "pulled while paused"
+    );
+    gate.paused.store(false, Ordering::SeqCst);
+    let c = q.wait_for(1, T);
+    assert_eq!((c[0].tag, c[0].status), (50, VIRTIO_BLK_S_OK));
+    // Failed by the gate: IOERR, nothing reaches the device.
+    gate.fail.store(true, Ordering::SeqCst);
+    let (c, _) = run_one(&mut d, 0, ReqKind::Write, 0, 4096, Some(&pattern(77, 4096)));
+    assert_eq!(c.status, VIRTIO_BLK_S_IOERR);
+    gate.fail.store(false, Ordering::SeqCst);
+    assert_eq!(read(&mut d, 0, 0, 4096), pattern(0, 4096));
 }
 
 #[test]
