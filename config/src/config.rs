@@ -63,6 +63,13 @@ pub struct Config {
     /// Commands run on management events: `[hooks]`.
     #[serde(default, skip_serializing_if = "crate::vm::HooksConfig::is_empty")]
     pub hooks: crate::vm::HooksConfig,
+    /// NVMe/TCP controllers to attach: `[[nvme_controller]]` tables (same name = more paths).
+    #[serde(
+        rename = "nvme_controller",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub nvme_controllers: Vec<crate::nvme::NvmeControllerConfig>,
 }
 
 /// `[reactors]`: which cores run a reactor and when an idle reactor sleeps.
@@ -244,6 +251,7 @@ impl Config {
                 },
             ],
             hooks: Default::default(),
+            nvme_controllers: Vec::new(),
         }
     }
 
@@ -309,7 +317,26 @@ impl Config {
                 ));
             }
         }
-        self.check_vms()
+        self.check_vms()?;
+        self.check_nvme()
+    }
+
+    fn check_nvme(&self) -> Result<(), (KeyPath, String)> {
+        let root = KeyPath::root();
+        for (i, c) in self.nvme_controllers.iter().enumerate() {
+            let at = root.key("nvme_controller").index(i);
+            c.validate().map_err(|e| (at.key(e.field), e.message))?;
+            if let Some(first) = self.nvme_controllers[..i]
+                .iter()
+                .position(|o| o.same_path(c))
+            {
+                return Err((
+                    at.key("traddr"),
+                    format!("the same path as nvme_controller[{first}]"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check_vms(&self) -> Result<(), (KeyPath, String)> {

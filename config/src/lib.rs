@@ -27,6 +27,7 @@ pub mod config;
 pub mod cpumask;
 pub mod error;
 mod load;
+pub mod nvme;
 pub mod vm;
 
 pub use bdev::{
@@ -35,4 +36,5 @@ pub use bdev::{
 pub use config::{Config, ReactorsConfig, RpcConfig, DEFAULT_IDLE_SLEEP_US, DEFAULT_RPC_SOCKET};
 pub use cpumask::{format_cpumask, parse_cpumask, CpumaskError, MAX_CORES};
 pub use error::{ConfigError, KeyPath, Location, ParamError, Segment};
+pub use nvme::NvmeControllerConfig;
 pub use vm::{HooksConfig, PathConfig, VolumeConfig};

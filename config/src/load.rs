@@ -34,6 +34,8 @@ pub(crate) struct RawConfig {
     volume: Vec<crate::vm::VolumeConfig>,
     #[serde(default)]
     hooks: crate::vm::HooksConfig,
+    #[serde(default)]
+    nvme_controller: Vec<crate::nvme::NvmeControllerConfig>,
 }
 
 /// A `[[bdev]]` table with the fields of every bdev type; which ones are allowed and
@@ -161,6 +163,7 @@ impl TryFrom<RawConfig> for Config {
             vms: raw.vm,
             volumes: raw.volume,
             hooks: raw.hooks,
+            nvme_controllers: raw.nvme_controller,
         };
         config
             .check()
