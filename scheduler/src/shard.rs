@@ -200,9 +200,10 @@ fn bit(p: usize) -> u64 {
 }
 
 /// Claims one limit tag: fails with the eligible time if the tag is in the future.
+/// The tag may lag `now` by at most `inc.min(catchup)` (GCRA burst tolerance).
 #[inline]
-fn claim_checked(tag: &AtomicU64, inc: u64, now: u64, slack: u64) -> Result<(), u64> {
-    let floor = now.saturating_sub(slack);
+fn claim_checked(tag: &AtomicU64, inc: u64, now: u64, catchup: u64) -> Result<(), u64> {
+    let floor = now.saturating_sub(inc.min(catchup));
     let mut old = tag.load(Relaxed);
     loop {
         if old > now {
@@ -264,6 +265,8 @@ pub struct Shard {
     v_local: [u64; PriorityClass::COUNT],
     /// Per class: smallest start tag waiting on other shards (cached each poll).
     v_floor: [Option<u64>; PriorityClass::COUNT],
+    /// Per class: smallest start tag waiting here (computed each poll).
+    v_own: [Option<u64>; PriorityClass::COUNT],
     v_max: Option<u64>,
     rot: u32,
     deferred: VecDeque<Released>,
@@ -301,6 +304,7 @@ impl Shard {
             held: 0,
             v_local: [v; PriorityClass::COUNT],
             v_floor: [None; PriorityClass::COUNT],
+            v_own: [None; PriorityClass::COUNT],
             v_max: None,
             rot: 0,
             deferred: VecDeque::new(),
@@ -558,7 +562,7 @@ impl Shard {
     fn claim_limits(&self, i: usize, bytes: u32, now: u64) -> Result<(), u64> {
         let p = &self.vms[i].p;
         let tags = &self.s.vms[i].tags;
-        let slack = self.d.limit_slack_ns;
+        let catchup = self.d.limit_catchup_ns;
         if p.lim_byte_fp != 0 {
             let t = tags.l_bw.load(Relaxed);
             if t > now {
@@ -566,16 +570,13 @@ impl Shard {
             }
         }
         if p.lim_io_ns != 0 {
-            claim_checked(&tags.l_io, p.lim_io_ns, now, slack)?;
+            claim_checked(&tags.l_io, p.lim_io_ns, now, catchup)?;
         }
         if p.lim_byte_fp != 0 {
             // Checked above; a concurrent claim from another shard can slip one request in
             // (documented cross-shard bound).
-            advance(
-                &tags.l_bw,
-                byte_inc_up(bytes, p.lim_byte_fp),
-                now.saturating_sub(slack),
-            );
+            let inc = byte_inc_up(bytes, p.lim_byte_fp);
+            advance(&tags.l_bw, inc, now.saturating_sub(inc.min(catchup)));
         }
         Ok(())
     }
@@ -620,11 +621,21 @@ impl Shard {
         }
     }
 
-    /// Virtual time for class `c`: this shard's, or the smallest start waiting on another
-    /// shard if that is later (a shard that was idle does not bring back old tags).
+    /// Virtual time for class `c` (SFQ: the start tag of the request being served). With
+    /// requests waiting here and elsewhere: the smaller of this shard's last dispatched
+    /// start and the smallest start waiting elsewhere. A shard with nothing waiting moves
+    /// up to the others' smallest start, so a shard that was idle brings back no old tags.
     #[inline]
     fn vtime(&self, c: usize) -> u64 {
         match self.v_floor[c] {
+            // Busy here and elsewhere: the smaller (the request being served globally).
+            Some(f) if self.share_len[c] > 0 => {
+                if before(f, self.v_local[c]) {
+                    f
+                } else {
+                    self.v_local[c]
+                }
+            }
             Some(f) => later(self.v_local[c], f),
             None => self.v_local[c],
         }
@@ -639,13 +650,16 @@ impl Shard {
         let p = &l.p;
         let sectors = (self.d.io_cost_bytes + u64::from(bytes)).div_ceil(512);
         let inc = sectors * p.p_inv;
-        let v = self.vtime(usize::from(p.class));
+        let c = usize::from(p.class);
+        let v = self.vtime(c);
         let fresh = !l.cont;
+
         let tag = &self.s.vms[i].tags.p;
         let mut old = tag.load(Relaxed);
         loop {
             let start = if fresh { later(old, v) } else { old };
             match tag.compare_exchange_weak(old, start.wrapping_add(inc), Relaxed, Relaxed) {
+                // Within one increment of virtual time: share order would serve it next.
                 Ok(_) => return start,
                 Err(o) => old = o,
             }
@@ -1000,8 +1014,11 @@ impl Shard {
                 self.dispatch_path(&s, p, any_ok, now, out, limit);
             }
         }
+
         if self.multi {
             self.publish(now);
+        } else {
+            self.own_min();
         }
         if let Some(v) = self.v_max.take() {
             let g = &self.s.vtime;
@@ -1059,19 +1076,6 @@ impl Shard {
                 return;
             }
 
-            self.dispatch_head(n as usize / 3, Phase::Share(key), p, now, out);
-        }
-        // The path is full. A limit-paced VM first in share order does not lose its turn:
-        // it may take one of a few overbooking slots, so waiting for a slot never costs it
-        // throughput (its limit tag is never claimed early, so the limit stays exact).
-        let cap = pl.max_outstanding().saturating_add(pl.max_outstanding() / 8 + 1);
-        while out.len() < limit && pl.outstanding_ios() < cap {
-            let Some((c, n, key)) = self.share_front(p, any_ok) else { break };
-            if !self.vms[n as usize / 3].p.has_limit()
-                || (self.multi && self.gated_by_others(p, c, key, now))
-            {
-                break;
-            }
             self.dispatch_head(n as usize / 3, Phase::Share(key), p, now, out);
         }
     }
@@ -1163,7 +1167,9 @@ impl Shard {
             let l = &self.vms[i];
             let w = usize::from(l.in_class) * NT + usize::from(l.target);
             if let Some(w) = self.share[w].as_mut() {
-                w.extract(&mut self.links, snode(i));
+                if w.peek(&self.links).map(|m| m.0) == Some(snode(i)) {
+                    w.extract(&mut self.links, snode(i));
+                }
             }
         }
         self.unlink(i);
@@ -1264,6 +1270,28 @@ impl Shard {
         }
     }
 
+    /// Per class, the smallest start tag waiting on this shard.
+    fn own_min(&mut self) {
+        let mut vmin: [Option<u64>; PriorityClass::COUNT] = [None; PriorityClass::COUNT];
+        let mut m = self.pending_mask;
+        while m != 0 {
+            let t = m.trailing_zeros() as usize;
+            m &= m - 1;
+            for (c, slot) in vmin.iter_mut().enumerate() {
+                if self.share_len[c] == 0 {
+                    continue;
+                }
+                if let Some(w) = self.share[c * NT + t].as_mut() {
+                    if let Some((n, _)) = w.peek(&self.links) {
+                        let k = self.vms[n as usize / 3].start;
+                        *slot = Some(slot.map_or(k, |f| if before(k, f) { k } else { f }));
+                    }
+                }
+            }
+        }
+        self.v_own = vmin;
+    }
+
     /// Caches, per class, the smallest start tag other (live) shards have waiting.
     fn read_floors(&mut self, now: u64) {
         self.v_floor = [None; PriorityClass::COUNT];
@@ -1286,7 +1314,6 @@ impl Shard {
     fn publish(&mut self, now: u64) {
         let me = &self.s.shards[self.me];
         me.pub_time.store(now, Relaxed);
-        let mut vmin: [Option<u64>; PriorityClass::COUNT] = [None; PriorityClass::COUNT];
         let mut m = self.pending_mask | self.pub_targets;
         while m != 0 {
             let t = m.trailing_zeros() as usize;
@@ -1303,9 +1330,7 @@ impl Shard {
                 }
                 if let Some(w) = self.share[c * NT + t].as_mut() {
                     if let Some((n, _)) = w.peek(&self.links) {
-                        let k = self.vms[n as usize / 3].start;
-                        best = Some((c as u32 + 1, k));
-                        vmin[c] = Some(vmin[c].map_or(k, |f| if before(k, f) { k } else { f }));
+                        best = Some((c as u32 + 1, self.vms[n as usize / 3].start));
                     }
                 }
             }
@@ -1321,6 +1346,9 @@ impl Shard {
                 }
             }
         }
+        self.own_min();
+        let vmin = self.v_own;
+        let me = &self.s.shards[self.me];
         let mut set = 0;
         for (c, v) in vmin.iter().enumerate() {
             if let Some(k) = v {

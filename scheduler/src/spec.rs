@@ -584,10 +584,12 @@ pub struct SchedulerConfig {
     /// in microseconds; 0..=1000000.
     #[serde(default = "d_catchup")]
     pub reservation_catchup_us: u64,
-    /// How far behind real time a limit tag may lag, in microseconds (default 0 = strict:
-    /// at most limit × window + one request in any window); 0..=1000000.
+    /// Strict limits: at most `limit × W` plus one request in any window `W`, but a VM
+    /// whose turn comes while its path is full loses that wait. Default (false): a limit
+    /// tag may catch up at most one request interval, so waiting for a slot costs no
+    /// throughput; the bound is then `limit × W` plus two requests.
     #[serde(default)]
-    pub limit_slack_us: u64,
+    pub strict_limits: bool,
     /// How long a reservation must stay unmet before `vm_migrate_recommended`, in ms.
     #[serde(default = "d_window")]
     pub migrate_window_ms: u64,
@@ -611,7 +613,7 @@ impl Default for SchedulerConfig {
             io_cost_bytes: d_io_cost(),
             cross_shard_slack: d_slack(),
             reservation_catchup_us: d_catchup(),
-            limit_slack_us: 0,
+            strict_limits: false,
             migrate_window_ms: d_window(),
             migrate_tolerance_pct: d_tolerance(),
             admission_pct: d_headroom(),
@@ -623,7 +625,7 @@ impl Default for SchedulerConfig {
 impl SchedulerConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), SpecError> {
-        let checks: [(&'static str, u64, u64, u64, &'static str); 10] = [
+        let checks: [(&'static str, u64, u64, u64, &'static str); 9] = [
             ("shards", self.shards as u64, 1, MAX_SHARDS as u64, "1..=64"),
             ("max_vms", self.max_vms.into(), 1, 65_536, "1..=65536"),
             ("io_cost_bytes", self.io_cost_bytes.into(), 0, 1 << 20, "0..=1048576"),
@@ -635,7 +637,6 @@ impl SchedulerConfig {
                 1_000_000,
                 "0..=1000000",
             ),
-            ("limit_slack_us", self.limit_slack_us, 0, 1_000_000, "0..=1000000"),
             (
                 "migrate_window_ms",
                 self.migrate_window_ms,
