@@ -16,7 +16,8 @@
 //!   them. The request completes with `VIRTIO_BLK_S_IOERR`.
 
 use smallvec::SmallVec;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+
+use crate::memory::GuestRam;
 
 /// Descriptor continues via `next`.
 pub const VRING_DESC_F_NEXT: u16 = 1;
@@ -173,10 +174,8 @@ struct RawDesc {
     next: u16,
 }
 
-fn read_desc<M: GuestMemory + ?Sized>(mem: &M, gpa: u64) -> Result<RawDesc, ChainError> {
-    let mut b = [0u8; DESC_SIZE as usize];
-    mem.read_slice(&mut b, GuestAddress(gpa))
-        .map_err(|_| ChainError::DescOutOfMemory { gpa })?;
+fn read_desc(mem: &GuestRam, gpa: u64) -> Result<RawDesc, ChainError> {
+    let b = mem.read16(gpa).ok_or(ChainError::DescOutOfMemory { gpa })?;
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[0..8]);
     Ok(RawDesc {
@@ -189,17 +188,14 @@ fn read_desc<M: GuestMemory + ?Sized>(mem: &M, gpa: u64) -> Result<RawDesc, Chai
 
 /// Whether `gpa..gpa+len` lies inside guest memory (possibly across adjacent regions).
 #[inline]
-pub fn in_memory<M: GuestMemory + ?Sized>(mem: &M, gpa: u64, len: u64) -> bool {
-    let Some(_end) = gpa.checked_add(len) else {
-        return false;
-    };
-    len == 0 || mem.check_range(GuestAddress(gpa), len as usize, Permissions::ReadWrite)
+pub fn in_memory(mem: &GuestRam, gpa: u64, len: u64) -> bool {
+    mem.contains(gpa, len)
 }
 
 /// Walks the chain starting at `head` in the descriptor table at `table_gpa` of a queue of
 /// `queue_size` entries, and reuses `out` (cleared first) to avoid allocation.
-pub fn walk<M: GuestMemory + ?Sized>(
-    mem: &M,
+pub fn walk(
+    mem: &GuestRam,
     table_gpa: u64,
     queue_size: u16,
     head: u16,
@@ -335,7 +331,8 @@ pub fn walk<M: GuestMemory + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemoryMmap;
+    use std::sync::Arc;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     const TABLE: u64 = 0x1000;
     const SIZE: u16 = 16;
@@ -364,7 +361,8 @@ mod tests {
 
     fn run(m: &GuestMemoryMmap, head: u16) -> Result<Chain, ChainError> {
         let mut c = Chain::default();
-        walk(m, TABLE, SIZE, head, &limits(), &mut c).map(|_| c)
+        let ram = GuestRam::new(Arc::new(m.clone()));
+        walk(&ram, TABLE, SIZE, head, &limits(), &mut c).map(|_| c)
     }
 
     #[test]
@@ -495,8 +493,9 @@ mod tests {
             indirect: false,
             ..limits()
         };
+        let ram = GuestRam::new(Arc::new(m.clone()));
         assert_eq!(
-            walk(&m, TABLE, SIZE, 3, &no_ind, &mut c),
+            walk(&ram, TABLE, SIZE, 3, &no_ind, &mut c),
             Err(ChainError::IndirectNotNegotiated)
         );
     }

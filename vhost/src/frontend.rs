@@ -25,6 +25,7 @@ use crate::blk::{
     self, bit, BlkConfigSpace, DwzSegment, ReqHeader, CONFIG_SPACE_LEN, DWZ_FLAG_UNMAP,
 };
 use crate::chain::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use crate::memory::GuestRam;
 
 /// `VRING_USED_F_NO_NOTIFY`.
 const VRING_USED_F_NO_NOTIFY: u16 = 1;
@@ -170,7 +171,7 @@ pub struct SlotAddrs {
 struct Track {
     tag: u64,
     slot: Option<u16>,
-    descs: Vec<u16>,
+    descs: smallvec::SmallVec<[u16; 4]>,
     status_gpa: u64,
 }
 
@@ -178,6 +179,7 @@ struct Track {
 #[derive(Debug)]
 pub struct DriverQueue {
     mem: GuestMemoryMmap,
+    ram: GuestRam,
     index: u16,
     size: u16,
     desc: u64,
@@ -284,16 +286,15 @@ impl DriverQueue {
     }
 
     fn store_u16(&self, gpa: u64, v: u16) -> Result<(), DriverError> {
-        self.mem
-            .store(v.to_le(), GuestAddress(gpa), Ordering::Release)
-            .map_err(|e| DriverError::Memory(e.to_string()))
+        if self.ram.store_u16(gpa, v) {
+            Ok(())
+        } else {
+            Err(DriverError::Memory(format!("cannot store at {gpa:#x}")))
+        }
     }
 
     fn load_u16(&self, gpa: u64) -> u16 {
-        self.mem
-            .load::<u16>(GuestAddress(gpa), Ordering::Acquire)
-            .map(u16::from_le)
-            .unwrap_or(0)
+        self.ram.load_u16(gpa).unwrap_or(0)
     }
 
     /// Writes descriptor `idx` of the descriptor table.
@@ -322,9 +323,13 @@ impl DriverQueue {
         b[8..12].copy_from_slice(&len.to_le_bytes());
         b[12..14].copy_from_slice(&flags.to_le_bytes());
         b[14..16].copy_from_slice(&next.to_le_bytes());
-        self.mem
-            .write_slice(&b, GuestAddress(gpa))
-            .map_err(|e| DriverError::Memory(e.to_string()))
+        if self.ram.write(gpa, &b) {
+            Ok(())
+        } else {
+            Err(DriverError::Memory(format!(
+                "descriptor at {gpa:#x} is outside memory"
+            )))
+        }
     }
 
     /// Takes `n` free descriptors (for hand-built chains).
@@ -332,13 +337,19 @@ impl DriverQueue {
         if self.free_descs.len() < n {
             return Err(DriverError::QueueFull);
         }
-        let at = self.free_descs.len() - n;
-        Ok(self.free_descs.split_off(at).into_iter().rev().collect())
+        Ok((0..n).filter_map(|_| self.free_descs.pop()).collect())
     }
 
     /// The slot the next [`submit`](Self::submit) will use (write its data buffer first).
     pub fn next_slot(&self) -> Option<u16> {
         self.free_slots.last().copied()
+    }
+
+    fn take_descs(&mut self, n: usize) -> Result<smallvec::SmallVec<[u16; 4]>, DriverError> {
+        if self.free_descs.len() < n {
+            return Err(DriverError::QueueFull);
+        }
+        Ok((0..n).filter_map(|_| self.free_descs.pop()).collect())
     }
 
     /// Takes a free slot (for hand-built chains).
@@ -353,6 +364,17 @@ impl DriverQueue {
         head: u16,
         tag: u64,
         descs: Vec<u16>,
+        slot: Option<u16>,
+        status_gpa: u64,
+    ) -> Result<(), DriverError> {
+        self.publish_inner(head, tag, descs.into_iter().collect(), slot, status_gpa)
+    }
+
+    fn publish_inner(
+        &mut self,
+        head: u16,
+        tag: u64,
+        descs: smallvec::SmallVec<[u16; 4]>,
         slot: Option<u16>,
         status_gpa: u64,
     ) -> Result<(), DriverError> {
@@ -429,20 +451,15 @@ impl DriverQueue {
         }
         let slot = self.alloc_slot()?;
         let a = self.slot(slot);
-        let mem_err = |e: vm_memory::GuestMemoryError| DriverError::Memory(e.to_string());
-        self.mem
-            .write_slice(
-                &ReqHeader {
-                    req_type,
-                    sector: hdr_sector,
-                }
-                .encode(),
-                GuestAddress(a.hdr),
-            )
-            .map_err(mem_err)?;
-        self.mem
-            .write_obj(0xffu8, GuestAddress(a.status))
-            .map_err(mem_err)?;
+        let mem_err = || DriverError::Memory(format!("slot {slot} is outside guest memory"));
+        let hdr = ReqHeader {
+            req_type,
+            sector: hdr_sector,
+        }
+        .encode();
+        if !self.ram.write(a.hdr, &hdr) || !self.ram.write(a.status, &[0xff]) {
+            return Err(mem_err());
+        }
         if let ReqKind::Discard | ReqKind::WriteZeroes { .. } = kind {
             let unmap = matches!(kind, ReqKind::WriteZeroes { unmap: true });
             let seg = DwzSegment {
@@ -450,12 +467,13 @@ impl DriverQueue {
                 num_sectors: len / 512,
                 flags: if unmap { DWZ_FLAG_UNMAP } else { 0 },
             };
-            self.mem
-                .write_slice(&seg.encode(), GuestAddress(a.data))
-                .map_err(mem_err)?;
+            if !self.ram.write(a.data, &seg.encode()) {
+                return Err(mem_err());
+            }
         }
         // (addr, len, flags) of each element.
-        let mut elems: Vec<(u64, u32, u16)> = vec![(a.hdr, 16, 0)];
+        let mut elems: smallvec::SmallVec<[(u64, u32, u16); 8]> =
+            smallvec::smallvec![(a.hdr, 16, 0)];
         if nsegs > 0 {
             let dflag = if data_write { VRING_DESC_F_WRITE } else { 0 };
             let per = data_len / nsegs as u32;
@@ -475,7 +493,7 @@ impl DriverQueue {
                 let flags = if last { f } else { f | VRING_DESC_F_NEXT };
                 self.write_desc_at(a.ind + 16 * i as u64, addr, l, flags, i as u16 + 1)?;
             }
-            descs = self.alloc_descs(1)?;
+            descs = self.take_descs(1)?;
             head = descs[0];
             self.write_desc(
                 head,
@@ -485,7 +503,7 @@ impl DriverQueue {
                 0,
             )?;
         } else {
-            descs = self.alloc_descs(elems.len())?;
+            descs = self.take_descs(elems.len())?;
             for (i, &(addr, l, f)) in elems.iter().enumerate() {
                 let last = i == elems.len() - 1;
                 let flags = if last { f } else { f | VRING_DESC_F_NEXT };
@@ -494,7 +512,7 @@ impl DriverQueue {
             }
             head = descs[0];
         }
-        self.publish(head, tag, descs, Some(slot), a.status)?;
+        self.publish_inner(head, tag, descs, Some(slot), a.status)?;
         Ok(slot)
     }
 
@@ -533,25 +551,23 @@ impl DriverQueue {
         let mut n = 0;
         while self.last_used != used_idx {
             let e = self.used + 4 + 8 * (self.last_used % self.size) as u64;
-            let id = self
-                .mem
-                .read_obj::<u32>(GuestAddress(e))
-                .map(u32::from_le)
-                .unwrap_or(u32::MAX);
-            let len = self
-                .mem
-                .read_obj::<u32>(GuestAddress(e + 4))
-                .map(u32::from_le)
-                .unwrap_or(0);
+            let mut b = [0u8; 8];
+            let (id, len) = if self.ram.read(e, &mut b) {
+                (
+                    u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                    u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+                )
+            } else {
+                (u32::MAX, 0)
+            };
             self.last_used = self.last_used.wrapping_add(1);
             let head = id as u16;
             let Some(t) = self.track.get_mut(head as usize).and_then(|t| t.take()) else {
                 continue;
             };
-            let status = self
-                .mem
-                .read_obj::<u8>(GuestAddress(t.status_gpa))
-                .unwrap_or(0xff);
+            let mut st = [0xffu8];
+            self.ram.read(t.status_gpa, &mut st);
+            let status = st[0];
             self.free_descs.extend(t.descs.iter().rev());
             if let Some(s) = t.slot {
                 self.free_slots.push(s);
@@ -674,6 +690,7 @@ impl BlkDriver {
             };
             let mut q = DriverQueue {
                 mem: mem.clone(),
+                ram: GuestRam::new(std::sync::Arc::new(mem.clone())),
                 index: i,
                 size: opts.queue_size,
                 desc,

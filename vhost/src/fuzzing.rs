@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::chain::{self, Chain, ChainLimits};
-use crate::memory::translate;
+use crate::memory::{translate, GuestRam};
 use crate::request::{self, Geometry, Parsed};
 
 /// Size of the fuzzed guest memory.
@@ -45,11 +45,16 @@ pub fn chain_and_request(data: &[u8]) {
         let zeroes = vec![0u8; MEM_SIZE - image.len()];
         mem.write_slice(&zeroes, GuestAddress(image.len() as u64))
             .expect("rest fits");
-        run(mem, size, head, opt);
+        run(
+            &GuestRam::new(std::sync::Arc::new(mem.clone())),
+            size,
+            head,
+            opt,
+        );
     });
 }
 
-fn run(mem: &GuestMemoryMmap, size: u16, head: u16, opt: u8) {
+fn run(mem: &GuestRam, size: u16, head: u16, opt: u8) {
     let seg_max = (opt >> 3) as usize + 1;
     let limits = ChainLimits {
         max_descs: size as u32,
@@ -120,7 +125,7 @@ fn run(mem: &GuestMemoryMmap, size: u16, head: u16, opt: u8) {
         translate(mem, &data, &mut sg).expect("walked buffers translate");
         assert_eq!(sg.iter().map(|v| v.len() as u64).sum::<u64>(), len);
         for v in &sg {
-            let inside = mem.iter().any(|r| {
+            let inside = mem.mmap().iter().any(|r| {
                 let base = r.as_ptr() as usize;
                 let p = v.base() as usize;
                 p >= base && p + v.len() <= base + r.len() as usize

@@ -243,6 +243,162 @@ impl MemTable {
     }
 }
 
+/// One mapped region as the data path sees it.
+#[derive(Debug, Clone, Copy)]
+struct HostRegion {
+    gpa: u64,
+    end: u64,
+    host: *mut u8,
+}
+
+/// A guest memory snapshot with a flat region table for the data path: bounds-checked
+/// reads and writes of guest memory without `vm-memory`'s generic slice iterators (which cost
+/// more than the rest of a request's handling). Every access checks that the whole range lies
+/// inside one mapped region; the snapshot keeps the mappings alive.
+#[derive(Debug, Clone)]
+pub struct GuestRam {
+    mem: Arc<GuestMemoryMmap>,
+    regions: Vec<HostRegion>,
+}
+
+// SAFETY: the raw pointers point into the mappings owned by `mem` (an `Arc`, Send + Sync);
+// GuestRam only reads and writes through them with volatile accesses, like vm-memory does.
+unsafe impl Send for GuestRam {}
+// SAFETY: as above; no interior state is mutated through `&GuestRam` except guest memory,
+// which is shared with the guest anyway.
+unsafe impl Sync for GuestRam {}
+
+impl GuestRam {
+    /// Wraps a snapshot.
+    pub fn new(mem: Arc<GuestMemoryMmap>) -> GuestRam {
+        let mut regions: Vec<HostRegion> = mem
+            .iter()
+            .map(|r| HostRegion {
+                gpa: r.start_addr().0,
+                end: r.start_addr().0 + r.len(),
+                host: r.as_ptr(),
+            })
+            .collect();
+        regions.sort_by_key(|r| r.gpa);
+        GuestRam { mem, regions }
+    }
+
+    /// The underlying `vm-memory` snapshot (for `virtio-queue`).
+    #[inline]
+    pub fn mmap(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The snapshot's `Arc`.
+    pub fn arc(&self) -> &Arc<GuestMemoryMmap> {
+        &self.mem
+    }
+
+    /// Host address of `gpa..gpa+len` if the whole range lies in one region.
+    #[inline]
+    fn host(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+        let end = gpa.checked_add(len)?;
+        for r in &self.regions {
+            if gpa >= r.gpa && end <= r.end {
+                return Some(r.host.wrapping_add((gpa - r.gpa) as usize));
+            }
+        }
+        None
+    }
+
+    /// Whether `gpa..gpa+len` is guest memory (possibly across adjacent regions).
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        let Some(end) = gpa.checked_add(len) else {
+            return false;
+        };
+        let mut at = gpa;
+        while at < end {
+            match self.regions.iter().find(|r| at >= r.gpa && at < r.end) {
+                Some(r) => at = r.end,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Copies guest memory at `gpa` into `out` (one region; false if outside).
+    #[inline]
+    pub fn read(&self, gpa: u64, out: &mut [u8]) -> bool {
+        let Some(src) = self.host(gpa, out.len() as u64) else {
+            return false;
+        };
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: `src..src+out.len()` lies inside a live mapping (checked by `host`);
+            // volatile because the guest may change it concurrently.
+            *b = unsafe { std::ptr::read_volatile(src.add(i)) };
+        }
+        true
+    }
+
+    /// Reads a 16-byte little-endian record (a descriptor, a request header).
+    #[inline]
+    pub fn read16(&self, gpa: u64) -> Option<[u8; 16]> {
+        let src = self.host(gpa, 16)?;
+        let mut out = [0u8; 16];
+        if (src as usize).is_multiple_of(8) {
+            // SAFETY: 16 bytes inside a live mapping, 8-byte aligned; volatile as above.
+            let (a, b) = unsafe {
+                (
+                    std::ptr::read_volatile(src as *const u64),
+                    std::ptr::read_volatile(src.add(8) as *const u64),
+                )
+            };
+            out[..8].copy_from_slice(&a.to_ne_bytes());
+            out[8..].copy_from_slice(&b.to_ne_bytes());
+        } else if !self.read(gpa, &mut out) {
+            return None;
+        }
+        Some(out)
+    }
+
+    /// Loads an aligned little-endian u16 with acquire ordering (ring indexes and entries).
+    #[inline]
+    pub fn load_u16(&self, gpa: u64) -> Option<u16> {
+        if !gpa.is_multiple_of(2) {
+            return None;
+        }
+        let p = self.host(gpa, 2)?;
+        // SAFETY: an aligned u16 inside a live mapping; shared with the guest, so accessed
+        // atomically.
+        let a = unsafe { std::sync::atomic::AtomicU16::from_ptr(p as *mut u16) };
+        Some(u16::from_le(a.load(std::sync::atomic::Ordering::Acquire)))
+    }
+
+    /// Stores an aligned little-endian u16 with release ordering (ring indexes and entries).
+    #[inline]
+    pub fn store_u16(&self, gpa: u64, v: u16) -> bool {
+        if !gpa.is_multiple_of(2) {
+            return false;
+        }
+        let Some(p) = self.host(gpa, 2) else {
+            return false;
+        };
+        // SAFETY: an aligned u16 inside a live mapping; shared with the guest, so accessed
+        // atomically.
+        let a = unsafe { std::sync::atomic::AtomicU16::from_ptr(p as *mut u16) };
+        a.store(v.to_le(), std::sync::atomic::Ordering::Release);
+        true
+    }
+
+    /// Writes `data` at `gpa` (one region; false if outside).
+    #[inline]
+    pub fn write(&self, gpa: u64, data: &[u8]) -> bool {
+        let Some(dst) = self.host(gpa, data.len() as u64) else {
+            return false;
+        };
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: inside a live mapping (checked by `host`); volatile as in `read`.
+            unsafe { std::ptr::write_volatile(dst.add(i), *b) };
+        }
+        true
+    }
+}
+
 /// Why a data buffer could not be translated (guest memory changed since the walk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("guest buffer {gpa:#x}+{len} is not mapped")]
@@ -258,11 +414,7 @@ pub struct TranslateError {
 /// # Safety contract of the result
 /// The pointers stay valid as long as `mem` (the snapshot) is alive; the caller keeps the
 /// snapshot until the I/O that uses them completes.
-pub fn translate(
-    mem: &GuestMemoryMmap,
-    segs: &[Seg],
-    out: &mut SgList,
-) -> Result<(), TranslateError> {
+pub fn translate(ram: &GuestRam, segs: &[Seg], out: &mut SgList) -> Result<(), TranslateError> {
     for s in segs {
         let mut gpa = s.gpa;
         let mut left = s.len as u64;
@@ -271,14 +423,18 @@ pub fn translate(
                 gpa: s.gpa,
                 len: s.len,
             };
-            let region = mem.find_region(GuestAddress(gpa)).ok_or(err)?;
-            let off = gpa - region.start_addr().0;
-            let n = (region.len() - off).min(left);
-            let base = region.as_ptr().wrapping_add(off as usize);
-            // SAFETY: `base..base+n` lies inside the mapping of `region` (off < len and
-            // n <= len - off), which `mem` keeps mapped. The memory is guest RAM shared with
-            // the frontend: the guest may write it concurrently, which gives it garbage data
-            // but no memory unsafety in this process (plain bytes, no references are formed).
+            let r = ram
+                .regions
+                .iter()
+                .find(|r| gpa >= r.gpa && gpa < r.end)
+                .ok_or(err)?;
+            let off = gpa - r.gpa;
+            let n = (r.end - gpa).min(left);
+            let base = r.host.wrapping_add(off as usize);
+            // SAFETY: `base..base+n` lies inside the mapping of region `r` (gpa < end and
+            // n <= end - gpa), which the snapshot keeps mapped. The memory is guest RAM shared
+            // with the frontend: the guest may write it concurrently, which gives it garbage
+            // data but no memory unsafety in this process (plain bytes, no references formed).
             out.push(unsafe { IoVec::from_raw(base, n as usize) });
             gpa += n;
             left -= n;
@@ -319,7 +475,20 @@ mod tests {
         assert_eq!(t.va_to_gpa(0x7000_0100, 0x100), Some(0x100));
         assert_eq!(t.va_to_gpa(0x9000_0010, 16), Some(0x10010));
         assert_eq!(t.va_to_gpa(0x7000_ff00, 0x200), None);
-        let mem = t.snapshot().unwrap();
+        let mem = GuestRam::new(t.snapshot().unwrap());
+        assert!(mem.contains(0xff00, 0x200));
+        assert!(!mem.contains(0x1ff00, 0x200));
+        assert!(mem.write(0x100, &[1, 2, 3]));
+        let mut b = [0u8; 3];
+        assert!(mem.read(0x100, &mut b));
+        assert_eq!(b, [1, 2, 3]);
+        assert!(!mem.read(0xfffe, &mut [0u8; 4]), "reads never span regions");
+        assert_eq!(mem.load_u16(0x100), Some(0x0201));
+        assert_eq!(mem.load_u16(0x101), None);
+        assert!(mem.store_u16(0x200, 0xbeef));
+        assert_eq!(mem.load_u16(0x200), Some(0xbeef));
+        assert!(!mem.store_u16(0x20000, 1));
+        assert!(mem.read16(0x1fff8).is_none());
         let mut sg = SgList::new();
         translate(
             &mem,

@@ -28,7 +28,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmpath_bdev::{BlockDevice, IoChannel, IoCompletion, IoError, IoRequest, IoType, SgList};
 use vmpath_runtime::{PollStatus, PollerId, Reactor};
 
@@ -36,7 +36,7 @@ use crate::blk::{ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNS
 use crate::chain::{self, Chain, ChainLimits};
 use crate::gate::{Admit, GateChannel, GateIo, IoGate};
 use crate::inflight::InflightQueue;
-use crate::memory::translate;
+use crate::memory::{translate, GuestRam};
 use crate::request::{self, Geometry, Parsed, SegList};
 
 /// Most heads pulled from one ring in one poll pass.
@@ -330,8 +330,8 @@ struct Core {
     size: u16,
     desc_gpa: u64,
     avail_gpa: u64,
-    mem: Arc<GuestMemoryMmap>,
-    retired: Vec<Arc<GuestMemoryMmap>>,
+    ram: GuestRam,
+    retired: Vec<GuestRam>,
     kick: Option<File>,
     call: Option<File>,
     err: Option<File>,
@@ -442,7 +442,7 @@ impl Worker {
                 size,
                 desc_gpa: s.desc_gpa,
                 avail_gpa: s.avail_gpa,
-                mem: s.mem,
+                ram: GuestRam::new(s.mem),
                 retired: Vec::new(),
                 kick: s.kick,
                 call: s.call,
@@ -547,7 +547,7 @@ impl Worker {
             c.register_wake(r);
         }
         // Poll at once; the ring may have filled while suspended.
-        let _ = c.queue.disable_notification(&*c.mem);
+        let _ = c.queue.disable_notification(c.ram.mmap());
         c.notify_enabled = false;
         c.last_activity = r.now();
     }
@@ -566,7 +566,7 @@ impl Worker {
     /// point into it are in flight.
     pub(crate) fn set_mem(&mut self, mem: Arc<GuestMemoryMmap>) {
         let c = &mut self.c;
-        let old = std::mem::replace(&mut c.mem, mem);
+        let old = std::mem::replace(&mut c.ram, GuestRam::new(mem));
         if c.in_flight > 0 {
             c.retired.push(old);
         }
@@ -665,12 +665,9 @@ impl Worker {
             }
         }
         let c = &mut self.c;
-        let avail = match c.queue.avail_idx(&*c.mem, Ordering::Acquire) {
-            Ok(v) => v.0,
-            Err(e) => {
-                c.mark_broken(&format!("cannot read available index: {e}"));
-                return did;
-            }
+        let Some(avail) = c.ram.load_u16(c.avail_gpa + 2) else {
+            c.mark_broken("cannot read available index");
+            return did;
         };
         let next = c.queue.next_avail();
         let pending = avail.wrapping_sub(next);
@@ -689,12 +686,9 @@ impl Worker {
             let pos = next.wrapping_add(i as u16);
             let c = &mut self.c;
             let addr = c.avail_gpa + 4 + 2 * (pos % c.size) as u64;
-            let head = match c.mem.load::<u16>(GuestAddress(addr), Ordering::Relaxed) {
-                Ok(h) => u16::from_le(h),
-                Err(e) => {
-                    c.mark_broken(&format!("cannot read available ring: {e}"));
-                    return true;
-                }
+            let Some(head) = c.ram.load_u16(addr) else {
+                c.mark_broken("cannot read available ring");
+                return true;
             };
             c.queue.set_next_avail(pos.wrapping_add(1));
             did = true;
@@ -726,7 +720,7 @@ impl Worker {
             }
         }
         let mut chain = std::mem::take(&mut c.scratch);
-        let walked = chain::walk(&*c.mem, c.desc_gpa, c.size, head, &c.limits, &mut chain);
+        let walked = chain::walk(&c.ram, c.desc_gpa, c.size, head, &c.limits, &mut chain);
         if let Err(e) = walked {
             c.scratch = chain;
             c.d.bad_chains += 1;
@@ -734,7 +728,7 @@ impl Worker {
             return;
         }
         let status_gpa = chain.status_gpa;
-        let parsed = request::parse(&*c.mem, &chain, &c.dev.geometry);
+        let parsed = request::parse(&c.ram, &chain, &c.dev.geometry);
         c.scratch = chain;
         match parsed {
             Err(e) => {
@@ -764,7 +758,7 @@ impl Worker {
                     _ => num_blocks as u64 * c.dev.geometry.block_size as u64,
                 };
                 let mut iovs = SgList::new();
-                if let Err(e) = translate(&c.mem, &data, &mut iovs) {
+                if let Err(e) = translate(&c.ram, &data, &mut iovs) {
                     c.d.bad_chains += 1;
                     tracing::debug!(vm = %c.vm, queue = c.index, head, error = %e, "request failed");
                     c.count_status(VIRTIO_BLK_S_IOERR);
@@ -957,11 +951,7 @@ impl Core {
                 break;
             }
             let n = (s.len as usize).min(ID_BYTES - at);
-            if self
-                .mem
-                .write_slice(&id[at..at + n], GuestAddress(s.gpa))
-                .is_err()
-            {
+            if !self.ram.write(s.gpa, &id[at..at + n]) {
                 return (VIRTIO_BLK_S_IOERR, 0);
             }
             at += n;
@@ -971,18 +961,14 @@ impl Core {
 
     /// Status byte, inflight bookkeeping, used ring entry.
     fn finish(&mut self, head: u16, status_gpa: u64, status: u8, used_len: u32) {
-        if self
-            .mem
-            .write_obj(status, GuestAddress(status_gpa))
-            .is_err()
-        {
+        if !self.ram.write(status_gpa, &[status]) {
             self.mark_broken(&format!("head {head}: status byte is no longer mapped"));
             return;
         }
         if let Some(inf) = &self.inflight {
             inf.pre_put(head);
         }
-        if let Err(e) = self.queue.add_used(&*self.mem, head, used_len) {
+        if let Err(e) = self.queue.add_used(self.ram.mmap(), head, used_len) {
             self.mark_broken(&format!("cannot write used ring: {e}"));
             return;
         }
@@ -1050,14 +1036,12 @@ impl Core {
     fn notify_guest(&mut self) {
         self.used_added = false;
         let need = if self.queue.event_idx_enabled() {
-            self.queue.needs_notification(&*self.mem).unwrap_or(true)
+            self.queue
+                .needs_notification(self.ram.mmap())
+                .unwrap_or(true)
         } else {
             fence(Ordering::SeqCst);
-            let flags = self
-                .mem
-                .load::<u16>(GuestAddress(self.avail_gpa), Ordering::Relaxed)
-                .map(u16::from_le)
-                .unwrap_or(0);
+            let flags = self.ram.load_u16(self.avail_gpa).unwrap_or(0);
             flags & VRING_AVAIL_F_NO_INTERRUPT == 0
         };
         if need {
@@ -1075,7 +1059,7 @@ impl Core {
         if pulled || self.held.is_some() || !self.resubmit.is_empty() {
             self.last_activity = now;
             if self.notify_enabled {
-                let _ = self.queue.disable_notification(&*self.mem);
+                let _ = self.queue.disable_notification(self.ram.mmap());
                 self.notify_enabled = false;
                 self.drain_kick();
             }
@@ -1094,7 +1078,7 @@ impl Core {
             return false;
         }
         self.drain_kick();
-        match self.queue.enable_notification(&*self.mem) {
+        match self.queue.enable_notification(self.ram.mmap()) {
             Ok(false) => {
                 self.notify_enabled = true;
                 self.idle_passes = 0;
@@ -1103,7 +1087,7 @@ impl Core {
             }
             Ok(true) => {
                 // New requests arrived while we were enabling: keep polling.
-                let _ = self.queue.disable_notification(&*self.mem);
+                let _ = self.queue.disable_notification(self.ram.mmap());
                 self.last_activity = now;
                 true
             }

@@ -8,7 +8,6 @@
 //! limits. The result either completes at once or is a block-device operation ready to submit.
 
 use smallvec::SmallVec;
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use vmpath_bdev::IoType;
 
@@ -18,6 +17,7 @@ use crate::blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use crate::chain::{Chain, Seg, SoftFault};
+use crate::memory::GuestRam;
 
 /// Segment list of a request's data.
 pub type SegList = SmallVec<[Seg; 8]>;
@@ -153,22 +153,25 @@ fn slice_segs(segs: &[Seg], write: bool, mut skip: u64, mut take: u64, out: &mut
 }
 
 /// Reads the first `buf.len()` device-readable bytes after `skip`.
-fn read_readable<M: GuestMemory + ?Sized>(
-    mem: &M,
-    segs: &[Seg],
-    skip: u64,
-    buf: &mut [u8],
-) -> Result<(), SoftFault> {
+fn read_readable(mem: &GuestRam, segs: &[Seg], skip: u64, buf: &mut [u8]) -> Result<(), SoftFault> {
     let mut parts = SegList::new();
     slice_segs(segs, false, skip, buf.len() as u64, &mut parts);
     let mut at = 0usize;
     for p in &parts {
         let n = p.len as usize;
-        mem.read_slice(&mut buf[at..at + n], GuestAddress(p.gpa))
-            .map_err(|_| SoftFault::BufferOutOfMemory {
-                gpa: p.gpa,
-                len: p.len,
-            })?;
+        if !mem.read(p.gpa, &mut buf[at..at + n]) {
+            // A piece spanning two regions: byte by byte.
+            for (i, b) in buf[at..at + n].iter_mut().enumerate() {
+                let mut one = [0u8; 1];
+                if !mem.read(p.gpa + i as u64, &mut one) {
+                    return Err(SoftFault::BufferOutOfMemory {
+                        gpa: p.gpa,
+                        len: p.len,
+                    });
+                }
+                *b = one[0];
+            }
+        }
         at += n;
     }
     if at != buf.len() {
@@ -199,11 +202,7 @@ fn block_range(g: &Geometry, sector: u64, sectors: u64) -> Result<(u64, u64), Re
 }
 
 /// Interprets `chain` (already walked) as a virtio-blk request.
-pub fn parse<M: GuestMemory + ?Sized>(
-    mem: &M,
-    chain: &Chain,
-    g: &Geometry,
-) -> Result<Parsed, RequestError> {
+pub fn parse(mem: &GuestRam, chain: &Chain, g: &Geometry) -> Result<Parsed, RequestError> {
     if let Some(f) = chain.fault {
         return Err(RequestError::Chain(f));
     }
@@ -327,7 +326,12 @@ pub fn parse<M: GuestMemory + ?Sized>(
 mod tests {
     use super::*;
     use crate::blk::VIRTIO_BLK_S_OK;
-    use vm_memory::GuestMemoryMmap;
+    use std::sync::Arc;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    fn ram(m: &GuestMemoryMmap) -> GuestRam {
+        GuestRam::new(Arc::new(m.clone()))
+    }
 
     fn geo() -> Geometry {
         Geometry {
@@ -374,7 +378,7 @@ mod tests {
             (0x2000, 8192, true),
             (0x9000, 1, true),
         ]);
-        match parse(&m, &c, &geo()).unwrap() {
+        match parse(&ram(&m), &c, &geo()).unwrap() {
             Parsed::Io {
                 op,
                 offset_blocks,
@@ -397,7 +401,7 @@ mod tests {
         let m = setup(VIRTIO_BLK_T_OUT, 0);
         // Header + 4096 bytes of data in one readable buffer, status alone.
         let c = chain(&[(0x100, 16 + 4096, false), (0x9000, 1, true)]);
-        match parse(&m, &c, &geo()).unwrap() {
+        match parse(&ram(&m), &c, &geo()).unwrap() {
             Parsed::Io { op, data, .. } => {
                 assert_eq!(op, IoType::Write);
                 assert_eq!(data[0].gpa, 0x110);
@@ -408,7 +412,7 @@ mod tests {
         // A read whose status shares the data buffer.
         let m = setup(VIRTIO_BLK_T_IN, 0);
         let c = chain(&[(0x100, 16, false), (0x2000, 4097, true)]);
-        match parse(&m, &c, &geo()).unwrap() {
+        match parse(&ram(&m), &c, &geo()).unwrap() {
             Parsed::Io { data, .. } => assert_eq!(data[0].len, 4096),
             other => panic!("unexpected {other:?}"),
         }
@@ -419,19 +423,19 @@ mod tests {
         let m = setup(VIRTIO_BLK_T_IN, 0);
         // Read into a device-readable buffer.
         let c = chain(&[(0x100, 16, false), (0x2000, 4096, false), (0x9000, 1, true)]);
-        let e = parse(&m, &c, &geo()).unwrap_err();
+        let e = parse(&ram(&m), &c, &geo()).unwrap_err();
         assert!(matches!(e, RequestError::WrongDirection { .. }));
         assert_eq!(e.status(), crate::blk::VIRTIO_BLK_S_IOERR);
         let m = setup(VIRTIO_BLK_T_IN, 1);
         let c = chain(&[(0x100, 16, false), (0x2000, 4096, true), (0x9000, 1, true)]);
         assert!(matches!(
-            parse(&m, &c, &geo()),
+            parse(&ram(&m), &c, &geo()),
             Err(RequestError::Misaligned { .. })
         ));
         let m = setup(VIRTIO_BLK_T_IN, 15 * 8);
         let c = chain(&[(0x100, 16, false), (0x2000, 8192, true), (0x9000, 1, true)]);
         assert!(matches!(
-            parse(&m, &c, &geo()),
+            parse(&ram(&m), &c, &geo()),
             Err(RequestError::OutOfRange { .. })
         ));
         let m = setup(VIRTIO_BLK_T_OUT, 0);
@@ -440,7 +444,7 @@ mod tests {
             readonly: true,
             ..geo()
         };
-        assert_eq!(parse(&m, &c, &ro), Err(RequestError::ReadOnly));
+        assert_eq!(parse(&ram(&m), &c, &ro), Err(RequestError::ReadOnly));
     }
 
     #[test]
@@ -453,7 +457,7 @@ mod tests {
         };
         m.write_slice(&seg.encode(), GuestAddress(0x110)).unwrap();
         let c = chain(&[(0x100, 32, false), (0x9000, 1, true)]);
-        match parse(&m, &c, &geo()).unwrap() {
+        match parse(&ram(&m), &c, &geo()).unwrap() {
             Parsed::Io {
                 op,
                 offset_blocks,
@@ -475,27 +479,27 @@ mod tests {
             GuestAddress(0x100),
         )
         .unwrap();
-        let e = parse(&m, &c, &geo()).unwrap_err();
+        let e = parse(&ram(&m), &c, &geo()).unwrap_err();
         assert_eq!(e, RequestError::BadFlags(DWZ_FLAG_UNMAP));
         assert_eq!(e.status(), VIRTIO_BLK_S_UNSUPP);
 
         let m = setup(VIRTIO_BLK_T_GET_ID, 0);
         let c = chain(&[(0x100, 16, false), (0x2000, 20, true), (0x9000, 1, true)]);
         assert!(matches!(
-            parse(&m, &c, &geo()).unwrap(),
+            parse(&ram(&m), &c, &geo()).unwrap(),
             Parsed::GetId { .. }
         ));
         let m = setup(VIRTIO_BLK_T_FLUSH, 0);
         let c = chain(&[(0x100, 16, false), (0x9000, 1, true)]);
         assert!(matches!(
-            parse(&m, &c, &geo()).unwrap(),
+            parse(&ram(&m), &c, &geo()).unwrap(),
             Parsed::Io {
                 op: IoType::Flush,
                 ..
             }
         ));
         let m = setup(99, 0);
-        let e = parse(&m, &c, &geo()).unwrap_err();
+        let e = parse(&ram(&m), &c, &geo()).unwrap_err();
         assert_eq!(e, RequestError::Unsupported(99));
         assert_ne!(e.status(), VIRTIO_BLK_S_OK);
     }
