@@ -67,6 +67,8 @@ pub struct State {
     pub events: Arc<EventBus>,
     /// The per-VM scheduler, its paths and the VMs' volumes.
     pub volumes: Arc<vmpath_volume::VolumeManager>,
+    /// The NVMe/TCP host: remote controllers, multipath namespaces, path events.
+    pub nvme: nvme_paths::NvmeHost,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -160,8 +162,11 @@ impl Daemon {
             reactors: runtime.handles().to_vec(),
             events: Arc::new(EventBus::new(4096)),
             volumes,
+            nvme: nvme_paths::NvmeHost::new(None),
             started: Instant::now(),
         });
+        crate::nvme_rpc::forward_events(&state);
+        crate::nvme_rpc::attach_configured(&state).map_err(DaemonError::Setup)?;
         crate::build_vm_objects(&state, &config)?;
         let pump_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pump = {
@@ -222,6 +227,7 @@ impl Daemon {
             rt.shutdown();
             tracing::info!(took = ?t0.elapsed().max(Duration::ZERO), "reactors stopped");
         }
+        self.state.nvme.shutdown();
     }
 }
 

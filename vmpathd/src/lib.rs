@@ -13,6 +13,7 @@
 
 pub mod bdevs;
 pub mod daemon;
+pub mod nvme_rpc;
 pub mod rpc;
 pub mod vm_rpc;
 

@@ -248,6 +248,8 @@ impl RpcHandler for Handler {
                 Ok(self.get_reactors())
             }
             "save_config" => self.save_config(params),
+            m if m.starts_with("bdev_nvme_") => crate::nvme_rpc::call(&self.state, m, params)
+                .unwrap_or_else(|| Err(RpcError::method_not_found(m))),
             other => crate::vm_rpc::call(&self.state, other, params)
                 .unwrap_or_else(|| Err(RpcError::method_not_found(other))),
         }
@@ -257,6 +259,7 @@ impl RpcHandler for Handler {
         METHODS
             .iter()
             .chain(crate::vm_rpc::METHODS)
+            .chain(crate::nvme_rpc::METHODS)
             .map(|s| s.to_string())
             .collect()
     }
