@@ -294,14 +294,21 @@ impl Connection {
     /// Receives the next complete PDU (header and data).
     fn recv_pdu_raw(&mut self) -> Result<(Pdu, Vec<u8>), InitiatorError> {
         loop {
-            if self.rx_pos >= self.rx_len {
+            if self.rx_pos >= self.rx_len && self.dec.at_pdu_boundary() {
                 self.fill()?;
             }
-            while self.rx_pos < self.rx_len {
+            // Step until the decoder wants more input (an event may complete without
+            // input: the end of a PDU's data).
+            loop {
                 let step = self.dec.next(&self.rx[self.rx_pos..self.rx_len])?;
                 self.rx_pos += step.consumed;
                 match step.event {
-                    None => break,
+                    None => {
+                        if self.rx_pos >= self.rx_len {
+                            self.fill()?;
+                        }
+                        continue;
+                    }
                     Some(Event::Header { pdu, data_len }) => {
                         if data_len == 0 {
                             return Ok((pdu, Vec::new()));
