@@ -106,6 +106,10 @@ pub enum Command {
     #[command(flatten)]
     Vm(crate::vm_commands::VmCommand),
 
+    /// NVMe/TCP host commands (bdev_nvme_*).
+    #[command(flatten)]
+    Nvme(crate::nvme_commands::NvmeCommand),
+
     /// Call any RPC method with JSON params and print the JSON result
     ///
     /// Example: `vmpathctl call bdev_get_bdevs '{"name": "Malloc0"}'`.
@@ -290,6 +294,7 @@ impl Command {
                 let (m, p) = c.request();
                 return Ok((m, p));
             }
+            Command::Nvme(c) => return Ok(c.request()),
             Command::Call { method, params } => {
                 let params = params
                     .as_deref()
@@ -323,6 +328,7 @@ impl Command {
             Command::SaveConfig { .. } => format::saved_config(result),
             Command::VmpathGetEvents(_) => format::events(result),
             Command::Vm(c) => c.render(result),
+            Command::Nvme(c) => c.render(result),
             Command::Call { .. } => Ok(pretty(result)),
         }
     }

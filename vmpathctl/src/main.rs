@@ -8,6 +8,7 @@
 
 mod commands;
 mod format;
+mod nvme_commands;
 mod vm_commands;
 
 use std::io::Write;
