@@ -60,6 +60,12 @@ pub struct Config {
     /// The VMs' virtual disks: `[[volume]]` tables.
     #[serde(rename = "volume", default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<crate::vm::VolumeConfig>,
+    /// vhost-user settings: `[vhost]`.
+    #[serde(default, skip_serializing_if = "crate::vhost::VhostConfig::is_default")]
+    pub vhost: crate::vhost::VhostConfig,
+    /// vhost-user-blk virtual disks: `[[vhost_blk]]` tables.
+    #[serde(rename = "vhost_blk", default, skip_serializing_if = "Vec::is_empty")]
+    pub vhost_blks: Vec<crate::vhost::VhostBlkConfig>,
     /// Commands run on management events: `[hooks]`.
     #[serde(default, skip_serializing_if = "crate::vm::HooksConfig::is_empty")]
     pub hooks: crate::vm::HooksConfig,
@@ -250,6 +256,25 @@ impl Config {
                     num_blocks: Some(8192),
                 },
             ],
+            vhost: Default::default(),
+            vhost_blks: vec![
+                crate::vhost::VhostBlkConfig {
+                    name: "vmpath-vm1.sock".into(),
+                    bdev: "vm1-disk".into(),
+                    socket: None,
+                    vm: None,
+                    num_queues: 2,
+                    readonly: false,
+                },
+                crate::vhost::VhostBlkConfig {
+                    name: "vmpath-vm2.sock".into(),
+                    bdev: "vm2-disk".into(),
+                    socket: None,
+                    vm: None,
+                    num_queues: 2,
+                    readonly: false,
+                },
+            ],
             hooks: Default::default(),
             nvme_controllers: Vec::new(),
         }
@@ -386,6 +411,25 @@ impl Config {
                         at.key("path_policy").key("affinity"),
                         format!("no [[path]] named {a:?}"),
                     ));
+                }
+            }
+        }
+        let mut ctrlrs: HashMap<&str, usize> = HashMap::new();
+        for (i, c) in self.vhost_blks.iter().enumerate() {
+            let at = root.key("vhost_blk").index(i);
+            c.validate().map_err(|e| (at.key(e.field), e.message))?;
+            if let Some(first) = ctrlrs.insert(c.name.as_str(), i) {
+                return Err((
+                    at.key("name"),
+                    format!(
+                        "duplicate controller name {:?} (already used by vhost_blk[{first}])",
+                        c.name
+                    ),
+                ));
+            }
+            if let Some(vm) = &c.vm {
+                if !vms.contains_key(vm.as_str()) {
+                    return Err((at.key("vm"), format!("no [[vm]] named {vm:?}")));
                 }
             }
         }

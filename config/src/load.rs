@@ -33,6 +33,10 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     volume: Vec<crate::vm::VolumeConfig>,
     #[serde(default)]
+    vhost: crate::vhost::VhostConfig,
+    #[serde(default)]
+    vhost_blk: Vec<crate::vhost::VhostBlkConfig>,
+    #[serde(default)]
     hooks: crate::vm::HooksConfig,
     #[serde(default)]
     nvme_controller: Vec<crate::nvme::NvmeControllerConfig>,
@@ -162,6 +166,8 @@ impl TryFrom<RawConfig> for Config {
             paths: raw.path,
             vms: raw.vm,
             volumes: raw.volume,
+            vhost: raw.vhost,
+            vhost_blks: raw.vhost_blk,
             hooks: raw.hooks,
             nvme_controllers: raw.nvme_controller,
         };
