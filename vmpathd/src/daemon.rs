@@ -52,6 +52,8 @@ pub struct DaemonOptions {
     pub rpc_socket: Option<PathBuf>,
     /// Pin reactor threads (off in some tests).
     pub no_pin: bool,
+    /// Directory of vhost-user sockets (`-S`), replacing `[vhost] socket_dir`.
+    pub vhost_socket_dir: Option<PathBuf>,
 }
 
 /// State shared by the RPC handler and the daemon.
@@ -69,6 +71,8 @@ pub struct State {
     pub volumes: Arc<vmpath_volume::VolumeManager>,
     /// The NVMe/TCP host: remote controllers, multipath namespaces, path events.
     pub nvme: nvme_paths::NvmeHost,
+    /// vhost-user-blk controllers by name.
+    pub vhost: crate::vhost_rpc::Controllers,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -103,6 +107,9 @@ impl Daemon {
         }
         if let Some(sock) = &opts.rpc_socket {
             config.rpc.socket = sock.clone();
+        }
+        if let Some(dir) = &opts.vhost_socket_dir {
+            config.vhost.socket_dir = dir.clone();
         }
         config.validate("command line")?;
         let cores =
@@ -163,11 +170,17 @@ impl Daemon {
             events: Arc::new(EventBus::new(4096)),
             volumes,
             nvme: nvme_paths::NvmeHost::new(None),
+            vhost: Default::default(),
             started: Instant::now(),
         });
         crate::nvme_rpc::forward_events(&state);
         crate::nvme_rpc::attach_configured(&state).map_err(DaemonError::Setup)?;
         crate::build_vm_objects(&state, &config)?;
+        for (i, c) in config.vhost_blks.iter().enumerate() {
+            crate::vhost_rpc::create(&state, c).map_err(|e| {
+                DaemonError::Setup(format!("vhost_blk[{i}] ({}): {}", c.name, e.message))
+            })?;
+        }
         let pump_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pump = {
             let (st, stop) = (state.clone(), pump_stop.clone());
@@ -218,6 +231,8 @@ impl Daemon {
         if let Some(rpc) = self.rpc.take() {
             rpc.shutdown();
         }
+        // Frontends first: their in-flight I/O completes, then nothing new arrives.
+        crate::vhost_rpc::stop_all(&self.state);
         if let Some((t, stop)) = self.pump.take() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = t.join();

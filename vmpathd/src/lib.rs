@@ -15,6 +15,7 @@ pub mod bdevs;
 pub mod daemon;
 pub mod nvme_rpc;
 pub mod rpc;
+pub mod vhost_rpc;
 pub mod vm_rpc;
 
 pub use daemon::{Daemon, DaemonError, DaemonOptions};

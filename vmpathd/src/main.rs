@@ -33,6 +33,10 @@ struct Args {
     #[arg(short = 'r', long = "rpc-socket", value_name = "PATH")]
     rpc_socket: Option<PathBuf>,
 
+    /// Directory for vhost-user sockets; overrides `[vhost] socket_dir` (default /var/tmp).
+    #[arg(short = 'S', long = "vhost-socket-dir", value_name = "DIR")]
+    vhost_socket_dir: Option<PathBuf>,
+
     /// Log filter (tracing EnvFilter syntax, e.g. `info`, `vmpathd=debug`); RUST_LOG wins.
     #[arg(long, default_value = "info")]
     log: String,
@@ -82,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             cores,
             rpc_socket: args.rpc_socket.clone(),
             no_pin: false,
+            vhost_socket_dir: args.vhost_socket_dir.clone(),
         },
     )?;
     eprintln!(

@@ -112,6 +112,12 @@ impl Handler {
 
     fn delete_bdev(&self, params: Option<Value>) -> Result<Value, RpcError> {
         let p: NameParam = parse_params(params)?;
+        if let Some(c) = crate::vhost_rpc::bdev_in_use(&self.state, &p.name) {
+            return Err(RpcError::busy(format!(
+                "bdev {} is used by vhost controller {c}; delete the controller first",
+                p.name
+            )));
+        }
         self.state
             .bdevs
             .remove(&p.name)
@@ -250,7 +256,8 @@ impl RpcHandler for Handler {
             "save_config" => self.save_config(params),
             m if m.starts_with("bdev_nvme_") => crate::nvme_rpc::call(&self.state, m, params)
                 .unwrap_or_else(|| Err(RpcError::method_not_found(m))),
-            other => crate::vm_rpc::call(&self.state, other, params)
+            other => crate::vm_rpc::call(&self.state, other, params.clone())
+                .or_else(|| crate::vhost_rpc::call(&self.state, other, params))
                 .unwrap_or_else(|| Err(RpcError::method_not_found(other))),
         }
     }
@@ -259,6 +266,7 @@ impl RpcHandler for Handler {
         METHODS
             .iter()
             .chain(crate::vm_rpc::METHODS)
+            .chain(crate::vhost_rpc::METHODS)
             .chain(crate::nvme_rpc::METHODS)
             .map(|s| s.to_string())
             .collect()

@@ -30,7 +30,12 @@ impl Vmpathd {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("vmpath.sock");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmpathd"));
-        cmd.arg("-r").arg(&sock).arg("-m").arg(first_core());
+        cmd.arg("-r")
+            .arg(&sock)
+            .arg("-m")
+            .arg(first_core())
+            .arg("-S")
+            .arg(dir.path());
         if let Some(text) = config {
             let path = dir.path().join("vmpath.toml");
             std::fs::write(&path, text).unwrap();
@@ -366,6 +371,8 @@ fn second_daemon_on_the_same_socket_is_refused() {
         .arg(&d.sock)
         .arg("-m")
         .arg(first_core())
+        .arg("-S")
+        .arg(d._dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
