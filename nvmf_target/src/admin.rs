@@ -23,11 +23,7 @@ impl Conn {
                 Status::SUCCESS
             }
             Some(AdminOpcode::AsyncEventRequest) => {
-                let parked = self
-                    .slots
-                    .iter()
-                    .filter(|r| r.state == RState::Aer)
-                    .count();
+                let parked = self.slots.iter().filter(|r| r.state == RState::Aer).count();
                 if parked >= self.shared.opts.max_aer as usize {
                     Status::ASYNC_EVENT_REQUEST_LIMIT_EXCEEDED
                 } else {
@@ -144,7 +140,7 @@ impl Conn {
         if want > have {
             return Status::DATA_SGL_LENGTH_INVALID;
         }
-        if g.ot || g.lpo % 4 != 0 {
+        if g.ot || !g.lpo.is_multiple_of(4) {
             return Status::INVALID_FIELD;
         }
         let mut page: Vec<u8> = Vec::new();

@@ -212,7 +212,11 @@ impl Conn {
                 } else if is_write && rt.read_only {
                     p.fail(Status::NAMESPACE_WRITE_PROTECTED);
                 }
-                let op = if is_write { IoType::Write } else { IoType::Read };
+                let op = if is_write {
+                    IoType::Write
+                } else {
+                    IoType::Read
+                };
                 p.dir = if is_write { Dir::H2C } else { Dir::C2H };
                 p.need = Some(bytes as u32);
                 p.exact = is_write;

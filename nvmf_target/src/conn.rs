@@ -81,11 +81,24 @@ pub(crate) enum Dir {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Work {
     None,
-    Rw { op: IoType, chan: u32, slba: u64, nlb: u32 },
-    Flush { chan: u32 },
-    WriteZeroes { chan: u32, slba: u64, nlb: u32 },
+    Rw {
+        op: IoType,
+        chan: u32,
+        slba: u64,
+        nlb: u32,
+    },
+    Flush {
+        chan: u32,
+    },
+    WriteZeroes {
+        chan: u32,
+        slba: u64,
+        nlb: u32,
+    },
     /// Deallocate the `sub_total` ranges at the start of the buffer.
-    Dsm { chan: u32 },
+    Dsm {
+        chan: u32,
+    },
 }
 
 /// One command in flight.
@@ -303,9 +316,7 @@ impl Conn {
         let peer = sock.as_ref().and_then(|s| s.peer_addr().ok());
         let rx = vec![0u8; shared.opts.rx_buffer_size];
         let dec = Decoder::new(decoder_config(&shared));
-        let mut slots = Vec::with_capacity(2);
-        slots.push(Req::new());
-        slots.push(Req::new());
+        let slots = vec![Req::new(), Req::new()];
         Conn {
             sock,
             fd,
@@ -346,11 +357,6 @@ impl Conn {
         self.q.as_ref().map(|q| q.qid)
     }
 
-    /// True while the socket is open and serving.
-    pub(crate) fn is_active(&self) -> bool {
-        self.phase == Phase::Active
-    }
-
     /// Resizes the slot table to `n` entries (after Connect).
     pub(crate) fn set_slots(&mut self, n: usize) {
         while self.slots.len() < n {
@@ -372,14 +378,6 @@ impl Conn {
         }
         r.state = RState::Free;
         self.free.push(idx);
-    }
-
-    /// Commands holding a slot (excluding parked AERs).
-    pub(crate) fn busy_slots(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|r| !matches!(r.state, RState::Free | RState::Aer))
-            .count()
     }
 
     /// Ensures slot `idx` has a buffer of at least `len` bytes and sets its transfer length.
@@ -434,7 +432,11 @@ impl Conn {
     /// to read (or the connection failed); `Ok(0)` = EOF.
     fn read_some(&mut self, env: &mut Env<'_>, rx: &mut [u8]) -> Result<usize, ()> {
         if let Sink::Slot {
-            idx, base, len, got, ..
+            idx,
+            base,
+            len,
+            got,
+            ..
         } = self.sink
         {
             let rest = len - got;
@@ -652,7 +654,11 @@ impl Conn {
             r2to: 0,
             r2tl: r.len,
         };
-        let l = self.enc.layout(PduType::R2T, 0).map(|l| l.header_len).unwrap_or(28);
+        let l = self
+            .enc
+            .layout(PduType::R2T, 0)
+            .map(|l| l.header_len)
+            .unwrap_or(28);
         let (voff, space) = self.tx.hdr_space(l);
         if let Ok(n) = self.enc.r2t(&pdu, space) {
             self.tx.push_hdr(voff, n, None);
@@ -810,8 +816,9 @@ impl Conn {
                 self.tx
                     .push_data(idx, off, n, if release_here { Some(idx) } else { None });
                 if dd {
-                    let crc = nvme_tcp::data_digest(&[&self.slots[idx as usize].data()
-                        [off as usize..(off + n) as usize]]);
+                    let crc = nvme_tcp::data_digest(&[
+                        &self.slots[idx as usize].data()[off as usize..(off + n) as usize]
+                    ]);
                     self.tx
                         .push_bytes(&crc.to_le_bytes(), if success { Some(idx) } else { None });
                 }
@@ -842,7 +849,9 @@ impl Conn {
     /// A block-device I/O of slot `idx` finished.
     pub(crate) fn on_bdev_complete(&mut self, idx: u16, c: &IoCompletion, now: u64) {
         self.outstanding_io = self.outstanding_io.saturating_sub(1);
-        let Some(r) = self.slots.get_mut(idx as usize) else { return };
+        let Some(r) = self.slots.get_mut(idx as usize) else {
+            return;
+        };
         r.sub_inflight = r.sub_inflight.saturating_sub(1);
         if let Err(e) = c.result {
             if r.status.is_success() {
@@ -908,7 +917,9 @@ impl Conn {
         let mut released = Vec::new();
         self.tx.drain_to(
             out,
-            &|slot, off, len| slots[slot as usize].data_all()[off as usize..(off + len) as usize].to_vec(),
+            &|slot, off, len| {
+                slots[slot as usize].data_all()[off as usize..(off + len) as usize].to_vec()
+            },
             &mut |s| released.push(s),
         );
         for s in released {
@@ -1099,7 +1110,11 @@ impl Conn {
         }
         match &self.q {
             None => {
-                let limit = self.shared.opts.connect_timeout_ms.saturating_mul(1_000_000);
+                let limit = self
+                    .shared
+                    .opts
+                    .connect_timeout_ms
+                    .saturating_mul(1_000_000);
                 if now.saturating_sub(self.created_ns) > limit {
                     self.close_now("no Connect within the connect timeout");
                 }
@@ -1107,7 +1122,11 @@ impl Conn {
             Some(q) if q.kind == QKind::Admin => {
                 let kato = q.ctrl.kato_ms() as u64;
                 if kato > 0 && now.saturating_sub(self.last_ka_ns) > kato * 1_000_000 {
-                    tracing::info!(cntlid = q.ctrl.cntlid(), kato_ms = kato, "keep alive timeout expired");
+                    tracing::info!(
+                        cntlid = q.ctrl.cntlid(),
+                        kato_ms = kato,
+                        "keep alive timeout expired"
+                    );
                     q.ctrl.fail("keep alive timeout expired");
                     self.close_now("keep alive timeout expired");
                 }

@@ -249,11 +249,6 @@ impl Controller {
         }
         st.errors.push_front(e);
     }
-
-    /// Whether the Asynchronous Event Configuration enables `bit` (see [`aec`]).
-    pub(crate) fn aec_enabled(&self, bit: u32) -> bool {
-        self.lock().aec & bit != 0
-    }
 }
 
 /// AEC bits an I/O controller supports.

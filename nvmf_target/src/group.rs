@@ -111,7 +111,14 @@ fn group_of(r: &mut Reactor, shared: &Arc<Shared>) -> std::io::Result<Rc<RefCell
 }
 
 impl PollGroup {
-    fn add(&mut self, stream: TcpStream, port: SocketAddr, shared: Arc<Shared>, ticket: ConnTicket, now: u64) {
+    fn add(
+        &mut self,
+        stream: TcpStream,
+        port: SocketAddr,
+        shared: Arc<Shared>,
+        ticket: ConnTicket,
+        now: u64,
+    ) {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -151,7 +158,7 @@ impl PollGroup {
         }
         self.polls = self.polls.wrapping_add(1);
         let mut busy = false;
-        if self.hot == 0 || self.polls % 8 == 0 {
+        if self.hot == 0 || self.polls.is_multiple_of(8) {
             let PollGroup { ep, conns, .. } = self;
             for ev in ep.wait(0) {
                 if let Some(Some(c)) = conns.get_mut(ev.token as usize) {

@@ -113,19 +113,28 @@ impl Conn {
         let tag = ((env.conn_idx as u64) << 32) | idx as u64;
         let r = &mut self.slots[idx as usize];
         Some(match r.work {
-            Work::Rw { op, chan, slba, nlb } => {
+            Work::Rw {
+                op,
+                chan,
+                slba,
+                nlb,
+            } => {
                 let len = r.len as usize;
                 let buf = r.buf.as_mut()?;
                 // SAFETY: the slot keeps the buffer, untouched, until this request's
                 // completion is delivered (`on_bdev_complete`); a connection with I/O in
                 // flight is never dropped (`is_reapable`).
                 let iov = unsafe { buf.iovec(0..len) };
-                (chan, IoRequest::with_iovs(op, slba, nlb, smallvec![iov], tag))
+                (
+                    chan,
+                    IoRequest::with_iovs(op, slba, nlb, smallvec![iov], tag),
+                )
             }
             Work::Flush { chan } => (chan, IoRequest::no_data(IoType::Flush, 0, 0, tag)),
-            Work::WriteZeroes { chan, slba, nlb } => {
-                (chan, IoRequest::no_data(IoType::WriteZeroes, slba, nlb, tag))
-            }
+            Work::WriteZeroes { chan, slba, nlb } => (
+                chan,
+                IoRequest::no_data(IoType::WriteZeroes, slba, nlb, tag),
+            ),
             Work::Dsm { chan } => {
                 let o = k as usize * 16;
                 let range = DsmRange::from_slice(r.data().get(o..o + 16)?)?;
@@ -201,17 +210,26 @@ impl Conn {
     /// Rebuilds the NSID → channel routes when the subsystem changed (new or removed
     /// namespaces, ANA state changes). One atomic load per poll when nothing changed.
     pub(crate) fn refresh_routes(&mut self, env: &mut Env<'_>) {
-        let Some(sub) = self.subsys.clone() else { return };
+        let Some(sub) = self.subsys.clone() else {
+            return;
+        };
         let gen = sub.generation();
         if gen == self.ns_gen {
             return;
         }
         let snap = sub.snapshot();
-        let max = snap.namespaces.last().map(|n| n.nsid as usize + 1).unwrap_or(0);
+        let max = snap
+            .namespaces
+            .last()
+            .map(|n| n.nsid as usize + 1)
+            .unwrap_or(0);
         let mut routes: Vec<Option<NsRoute>> = vec![None; max];
         for ns in &snap.namespaces {
             let Ok(chan) = env.chans.acquire(&ns.bdev) else {
-                tracing::warn!(nsid = ns.nsid, "cannot open a channel; namespace unavailable on this queue");
+                tracing::warn!(
+                    nsid = ns.nsid,
+                    "cannot open a channel; namespace unavailable on this queue"
+                );
                 continue;
             };
             let info = ns.bdev.info();
@@ -227,7 +245,10 @@ impl Conn {
                 read_only: info.read_only,
             });
         }
-        for r in std::mem::replace(&mut self.routes, routes).into_iter().flatten() {
+        for r in std::mem::replace(&mut self.routes, routes)
+            .into_iter()
+            .flatten()
+        {
             env.chans.release(r.chan);
         }
         self.ns_gen = snap.gen;

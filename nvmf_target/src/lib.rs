@@ -82,7 +82,7 @@ pub mod testing;
 mod tx;
 
 pub use admission::{
-    Admit, AdmissionFactory, AdmissionHook, IoInfo, PassThrough, PassThroughFactory,
+    AdmissionFactory, AdmissionHook, Admit, IoInfo, PassThrough, PassThroughFactory,
     QueueAdmission, QueueInfo,
 };
 pub use ctrlr::Controller;

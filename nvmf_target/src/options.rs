@@ -108,10 +108,7 @@ impl TargetOptions {
             || self.max_io_size < 4096
             || self.max_io_size > 1 << 30
         {
-            return Err(bad(
-                "max_io_size",
-                "must be a power of two in 4096..=1 GiB",
-            ));
+            return Err(bad("max_io_size", "must be a power of two in 4096..=1 GiB"));
         }
         if self.cpda > nvme_tcp::pdu::MAX_PDA {
             return Err(bad("cpda", "must be 0..=31"));

@@ -53,7 +53,14 @@ pub(crate) fn identify_controller(
     id.set_aerl(opts.max_aer - 1);
     // One firmware slot, read-only.
     id.set_frmw((1 << 1) | 1);
-    id.set_lpa(Idc::LPA_EXTENDED_DATA | if subsys.is_some() { Idc::LPA_SMART_PER_NS } else { 0 });
+    id.set_lpa(
+        Idc::LPA_EXTENDED_DATA
+            | if subsys.is_some() {
+                Idc::LPA_SMART_PER_NS
+            } else {
+                0
+            },
+    );
     id.set_elpe((ERROR_LOG_ENTRIES - 1) as u8);
     id.set_kas(KAS_100MS);
     id.set_sqes(0x66);
@@ -112,7 +119,9 @@ pub(crate) fn identify_namespace(ns: &Namespace) -> IdentifyNamespace {
     id.set_anagrpid(ns.anagrpid);
     id.set_nguid(info.uuid);
     if ns.bdev.supports(IoType::Unmap) && ns.bdev.unmap_zeroes() {
-        id.set_dlfeat(IdentifyNamespace::DLFEAT_READ_ZEROES | IdentifyNamespace::DLFEAT_WRITE_ZEROES_DEAC);
+        id.set_dlfeat(
+            IdentifyNamespace::DLFEAT_READ_ZEROES | IdentifyNamespace::DLFEAT_WRITE_ZEROES_DEAC,
+        );
     }
     id.set_nsattr(info.read_only as u8);
     id.set_nvmcap(info.num_blocks as u128 * info.block_size as u128);
@@ -167,15 +176,29 @@ pub(crate) fn ana_log(snap: &Snapshot, port: SocketAddr, rgo: bool, out: &mut Ve
                     .map(|n| n.nsid),
             );
         }
-        b.group(grp, snap.ana_state(port, grp), snap.ana_change_count, &nsids);
+        b.group(
+            grp,
+            snap.ana_state(port, grp),
+            snap.ana_change_count,
+            &nsids,
+        );
     }
 }
 
 /// One discovery log entry for a subsystem listener.
-pub(crate) fn discovery_entry(nqn: &str, l: &Listener, portid: u16, asqsz: u16) -> DiscoveryLogEntry {
+pub(crate) fn discovery_entry(
+    nqn: &str,
+    l: &Listener,
+    portid: u16,
+    asqsz: u16,
+) -> DiscoveryLogEntry {
     let mut e = DiscoveryLogEntry::zeroed();
     e.set_trtype(trtype::TCP);
-    e.set_adrfam(if l.sock.is_ipv4() { adrfam::IPV4 } else { adrfam::IPV6 });
+    e.set_adrfam(if l.sock.is_ipv4() {
+        adrfam::IPV4
+    } else {
+        adrfam::IPV6
+    });
     e.set_subtype(subtype::NVME);
     e.set_treq(treq::SECURE_NOT_REQUIRED | treq::SQFLOW_DISABLE_SUPPORTED);
     e.set_portid(portid);

@@ -101,7 +101,10 @@ pub fn validate_nqn(nqn: &str) -> Result<(), SubsystemError> {
         ));
     }
     if nqn.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid("nqn", format!("{nqn:?} contains whitespace or control characters")));
+        return Err(invalid(
+            "nqn",
+            format!("{nqn:?} contains whitespace or control characters"),
+        ));
     }
     let b = nqn.as_bytes();
     let date_ok = b.len() > 12
@@ -429,10 +432,6 @@ impl Subsystem {
             .clone()
     }
 
-    pub(crate) fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
-    }
-
     pub(crate) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
     }
@@ -731,11 +730,20 @@ mod tests {
         params().validate().unwrap();
         let mut p = params();
         p.serial = "x".repeat(21);
-        assert!(matches!(p.validate(), Err(SubsystemError::Invalid { field: "serial_number", .. })));
+        assert!(matches!(
+            p.validate(),
+            Err(SubsystemError::Invalid {
+                field: "serial_number",
+                ..
+            })
+        ));
         let mut p = params();
         p.nqn = nvme_spec::DISCOVERY_NQN.into();
         assert!(p.validate().is_err());
-        assert_eq!(parse_ana_state("inaccessible").unwrap(), AnaState::Inaccessible);
+        assert_eq!(
+            parse_ana_state("inaccessible").unwrap(),
+            AnaState::Inaccessible
+        );
         assert!(parse_ana_state("sideways").is_err());
     }
 
@@ -762,20 +770,37 @@ mod tests {
             .unwrap();
         assert_eq!(n5, 5);
         assert!(matches!(
-            s.add_namespace(NamespaceParams { bdev: dev.clone(), nsid: Some(5), anagrpid: None }),
+            s.add_namespace(NamespaceParams {
+                bdev: dev.clone(),
+                nsid: Some(5),
+                anagrpid: None
+            }),
             Err(SubsystemError::NsidInUse { nsid: 5, .. })
         ));
         assert!(s
-            .add_namespace(NamespaceParams { bdev: dev.clone(), nsid: Some(17), anagrpid: None })
+            .add_namespace(NamespaceParams {
+                bdev: dev.clone(),
+                nsid: Some(17),
+                anagrpid: None
+            })
             .is_err());
         assert!(s.generation() > g0);
         let sock: SocketAddr = "127.0.0.1:4420".parse().unwrap();
-        s.add_listener(ListenAddr::from_socket_addr(sock), sock, AnaState::Optimized)
-            .unwrap();
+        s.add_listener(
+            ListenAddr::from_socket_addr(sock),
+            sock,
+            AnaState::Optimized,
+        )
+        .unwrap();
         assert!(s
-            .add_listener(ListenAddr::from_socket_addr(sock), sock, AnaState::Optimized)
+            .add_listener(
+                ListenAddr::from_socket_addr(sock),
+                sock,
+                AnaState::Optimized
+            )
             .is_err());
-        s.set_ana_state(sock, Some(2), AnaState::Inaccessible).unwrap();
+        s.set_ana_state(sock, Some(2), AnaState::Inaccessible)
+            .unwrap();
         let snap = s.snapshot();
         assert_eq!(snap.ana_state(sock, 1), AnaState::Optimized);
         assert_eq!(snap.ana_state(sock, 2), AnaState::Inaccessible);

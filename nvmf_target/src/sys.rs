@@ -60,7 +60,13 @@ pub(crate) unsafe fn sendmsg(fd: RawFd, iov: &[RawIoVec]) -> io::Result<SockIo> 
 /// not referenced by any live Rust reference.
 pub(crate) unsafe fn readv(fd: RawFd, iov: &[RawIoVec]) -> io::Result<SockIo> {
     // SAFETY: per the caller's contract the kernel may write the described memory.
-    let rc = unsafe { libc::readv(fd, iov.as_ptr(), iov.len().min(libc::UIO_MAXIOV as usize) as _) };
+    let rc = unsafe {
+        libc::readv(
+            fd,
+            iov.as_ptr(),
+            iov.len().min(libc::UIO_MAXIOV as usize) as _,
+        )
+    };
     check_io(rc)
 }
 
@@ -137,10 +143,6 @@ impl Epoll {
 
     pub(crate) fn modify(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
-    }
-
-    pub(crate) fn del(&self, fd: RawFd) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
     }
 
     /// Waits up to `timeout_ms` (0 = just look) and returns the ready events.

@@ -18,9 +18,7 @@ use vmpath_runtime::{Message, ReactorHandle};
 use crate::admission::{AdmissionFactory, PassThroughFactory};
 use crate::ctrlr::Controller;
 use crate::options::{OptionsError, TargetOptions};
-use crate::subsystem::{
-    ListenAddr, NamespaceParams, Subsystem, SubsystemError, SubsystemParams,
-};
+use crate::subsystem::{ListenAddr, NamespaceParams, Subsystem, SubsystemError, SubsystemParams};
 use crate::sys::{poll_readable, EventFd};
 
 /// Errors of the target's management API.
@@ -219,6 +217,38 @@ impl Shared {
             }
         }
         tracing::warn!(%port, "no reactor accepted the connection, closing it");
+    }
+}
+
+impl Shared {
+    /// Target state without reactors or acceptor thread (fuzzing and unit tests).
+    pub(crate) fn standalone(opts: TargetOptions) -> Arc<Shared> {
+        Arc::new(Shared {
+            id: NEXT_TARGET_ID.fetch_add(1, Ordering::Relaxed),
+            opts,
+            reactors: Vec::new(),
+            rr: AtomicUsize::new(0),
+            subsystems: Mutex::new(BTreeMap::new()),
+            ports: Mutex::new(BTreeMap::new()),
+            next_portid: AtomicUsize::new(1),
+            discovery: Mutex::new(Discovery {
+                ctrls: Vec::new(),
+                next_cntlid: 1,
+            }),
+            genctr: AtomicU64::new(0),
+            admission: RwLock::new(Arc::new(PassThroughFactory)),
+            stopping: AtomicBool::new(false),
+            live: Arc::new(AtomicUsize::new(0)),
+            cmds: Mutex::new(Vec::new()),
+            wake: EventFd::new().expect("eventfd"),
+        })
+    }
+
+    /// Adds a subsystem directly (fuzzing and unit tests).
+    pub(crate) fn create_subsystem_for_tests(&self, p: &SubsystemParams) -> Arc<Subsystem> {
+        let s = Arc::new(Subsystem::new(p, self.opts.max_namespaces));
+        lock(&self.subsystems).insert(p.nqn.clone(), s.clone());
+        s
     }
 }
 
@@ -450,10 +480,11 @@ impl Target {
             addr: addr.to_string(),
             source,
         })?;
-        l.set_nonblocking(true).map_err(|source| TargetError::Listen {
-            addr: addr.to_string(),
-            source,
-        })?;
+        l.set_nonblocking(true)
+            .map_err(|source| TargetError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
         let sock = l.local_addr().map_err(|source| TargetError::Listen {
             addr: addr.to_string(),
             source,

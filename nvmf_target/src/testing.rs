@@ -191,7 +191,10 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// Opens a TCP connection without the IC exchange (for bad-input tests).
-    pub fn open_raw(addr: SocketAddr, opts: &InitiatorOptions) -> Result<Connection, InitiatorError> {
+    pub fn open_raw(
+        addr: SocketAddr,
+        opts: &InitiatorOptions,
+    ) -> Result<Connection, InitiatorError> {
         let stream = TcpStream::connect_timeout(&addr, opts.timeout)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(opts.timeout))?;
@@ -228,16 +231,18 @@ impl Connection {
             maxr2t: 0,
         };
         let mut b = [0u8; 128];
-        let n = Encoder::ic_req(&req, &mut b).map_err(|e| InitiatorError::Unexpected(e.to_string()))?;
+        let n =
+            Encoder::ic_req(&req, &mut b).map_err(|e| InitiatorError::Unexpected(e.to_string()))?;
         c.stream.write_all(&b[..n])?;
-        let resp = loop {
-            match c.recv_pdu_raw()? {
-                (Pdu::IcResp(r), _) => break r,
-                (Pdu::C2HTermReq(t), _) => {
-                    return Err(InitiatorError::Terminated { fes: t.fes, fei: t.fei })
-                }
-                (p, _) => return Err(InitiatorError::Unexpected(format!("{p:?} before ICResp"))),
+        let resp = match c.recv_pdu_raw()? {
+            (Pdu::IcResp(r), _) => r,
+            (Pdu::C2HTermReq(t), _) => {
+                return Err(InitiatorError::Terminated {
+                    fes: t.fes,
+                    fei: t.fei,
+                })
             }
+            (p, _) => return Err(InitiatorError::Unexpected(format!("{p:?} before ICResp"))),
         };
         let s = Session::negotiated(Role::Host, &req, &resp);
         c.dec.set_session(s);
@@ -293,7 +298,7 @@ impl Connection {
 
     /// Receives the next complete PDU (header and data).
     fn recv_pdu_raw(&mut self) -> Result<(Pdu, Vec<u8>), InitiatorError> {
-        loop {
+        {
             if self.rx_pos >= self.rx_len && self.dec.at_pdu_boundary() {
                 self.fill()?;
             }
@@ -381,7 +386,9 @@ impl Connection {
                         match self.stream.read(&mut b) {
                             Ok(0) => return Ok(got),
                             Ok(_) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(got),
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                                return Ok(got)
+                            }
                             Err(e) => return Err(e.into()),
                         }
                     }
@@ -405,7 +412,12 @@ impl Connection {
     /// Sends a command: `write` is its data to the target (in the capsule when it fits,
     /// else by R2T), `read_len` the data expected back. The SQE's CID and SGL are set here.
     /// Returns the CID.
-    pub fn submit(&mut self, mut sqe: Sqe, write: &[u8], read_len: usize) -> Result<u16, InitiatorError> {
+    pub fn submit(
+        &mut self,
+        mut sqe: Sqe,
+        write: &[u8],
+        read_len: usize,
+    ) -> Result<u16, InitiatorError> {
         let cid = self.alloc_cid();
         sqe.set_cid(cid);
         if sqe.psdt() == Psdt::Prp {
@@ -415,7 +427,11 @@ impl Connection {
         if incapsule {
             sqe.set_sgl1(SglDescriptor::in_capsule(0, write.len() as u32));
         } else {
-            let len = if write.is_empty() { read_len } else { write.len() };
+            let len = if write.is_empty() {
+                read_len
+            } else {
+                write.len()
+            };
             sqe.set_sgl1(SglDescriptor::transport(len as u32));
         }
         let mut b = Vec::with_capacity(128 + write.len());
@@ -427,7 +443,11 @@ impl Connection {
         self.out.insert(
             cid,
             Outstanding {
-                write: if incapsule { Vec::new() } else { write.to_vec() },
+                write: if incapsule {
+                    Vec::new()
+                } else {
+                    write.to_vec()
+                },
                 read: Vec::new(),
                 c2h_pdus: 0,
                 r2ts: 0,
@@ -456,17 +476,37 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends hand-made PDU bytes carrying command `cid` (so its completion can be waited for).
+    pub fn submit_bytes(&mut self, cid: u16, bytes: &[u8]) -> Result<(), InitiatorError> {
+        self.stream.write_all(bytes)?;
+        self.out.insert(
+            cid,
+            Outstanding {
+                write: Vec::new(),
+                read: Vec::new(),
+                c2h_pdus: 0,
+                r2ts: 0,
+            },
+        );
+        Ok(())
+    }
+
     /// Answers an R2T with H2CData PDUs of at most MAXH2CDATA bytes.
     fn answer_r2t(&mut self, r: &R2T) -> Result<(), InitiatorError> {
         let max = self.icresp.maxh2cdata.max(4096) as usize;
         let Some(o) = self.out.get_mut(&r.cccid) else {
-            return Err(InitiatorError::Unexpected(format!("R2T for unknown cid {}", r.cccid)));
+            return Err(InitiatorError::Unexpected(format!(
+                "R2T for unknown cid {}",
+                r.cccid
+            )));
         };
         o.r2ts += 1;
         let start = r.r2to as usize;
         let end = start + r.r2tl as usize;
         if end > o.write.len() {
-            return Err(InitiatorError::Unexpected("R2T beyond the write data".into()));
+            return Err(InitiatorError::Unexpected(
+                "R2T beyond the write data".into(),
+            ));
         }
         let data = o.write[start..end].to_vec();
         let mut off = 0;
@@ -544,7 +584,9 @@ impl Connection {
                     }
                 }
                 RxPdu::R2T(r) => self.answer_r2t(&r)?,
-                RxPdu::Term { fes, fei, .. } => return Err(InitiatorError::Terminated { fes, fei }),
+                RxPdu::Term { fes, fei, .. } => {
+                    return Err(InitiatorError::Terminated { fes, fei })
+                }
             }
         }
     }
@@ -569,13 +611,23 @@ impl Connection {
     }
 
     /// Submits a command and waits for it.
-    pub fn command(&mut self, sqe: Sqe, write: &[u8], read_len: usize) -> Result<Completion, InitiatorError> {
+    pub fn command(
+        &mut self,
+        sqe: Sqe,
+        write: &[u8],
+        read_len: usize,
+    ) -> Result<Completion, InitiatorError> {
         let cid = self.submit(sqe, write, read_len)?;
         self.wait(cid)
     }
 
     /// Fabrics Connect of queue `qid` (0 = admin) to `subnqn`.
-    pub fn connect(&mut self, qid: u16, subnqn: &str, cntlid: u16) -> Result<Completion, InitiatorError> {
+    pub fn connect(
+        &mut self,
+        qid: u16,
+        subnqn: &str,
+        cntlid: u16,
+    ) -> Result<Completion, InitiatorError> {
         let c = Connect {
             recfmt: 0,
             qid,
@@ -604,12 +656,19 @@ impl Connection {
 
     /// Property Get.
     pub fn prop_get(&mut self, off: u32, size8: bool) -> Result<u64, InitiatorError> {
-        let c = self.command(PropertyGet::to_sqe(off, size8, 0), &[], 0)?.ok()?;
+        let c = self
+            .command(PropertyGet::to_sqe(off, size8, 0), &[], 0)?
+            .ok()?;
         Ok(c.cqe.dw0_dw1())
     }
 
     /// Property Set.
-    pub fn prop_set(&mut self, off: u32, size8: bool, v: u64) -> Result<Completion, InitiatorError> {
+    pub fn prop_set(
+        &mut self,
+        off: u32,
+        size8: bool,
+        v: u64,
+    ) -> Result<Completion, InitiatorError> {
         self.command(PropertySet::to_sqe(off, size8, v, 0), &[], 0)
     }
 
@@ -641,7 +700,15 @@ impl Connection {
     }
 
     /// Get Log Page of `len` bytes at `offset`.
-    pub fn get_log(&mut self, lid: u8, nsid: u32, len: u32, offset: u64, lsp: u8, rae: bool) -> Result<Completion, InitiatorError> {
+    pub fn get_log(
+        &mut self,
+        lid: u8,
+        nsid: u32,
+        len: u32,
+        offset: u64,
+        lsp: u8,
+        rae: bool,
+    ) -> Result<Completion, InitiatorError> {
         let mut s = Sqe::new(AdminOpcode::GetLogPage.as_u8(), 0, nsid);
         GetLogPage {
             lid,
@@ -685,16 +752,36 @@ impl Connection {
 
     /// Submits an Asynchronous Event Request (completes when an event happens).
     pub fn submit_aer(&mut self) -> Result<u16, InitiatorError> {
-        self.submit(Sqe::new(AdminOpcode::AsyncEventRequest.as_u8(), 0, 0), &[], 0)
+        self.submit(
+            Sqe::new(AdminOpcode::AsyncEventRequest.as_u8(), 0, 0),
+            &[],
+            0,
+        )
     }
 
     /// Read `nlb` blocks of `bs` bytes.
-    pub fn read(&mut self, nsid: u32, slba: u64, nlb: u32, bs: u32) -> Result<Completion, InitiatorError> {
-        self.command(rw_sqe(NvmOpcode::Read, nsid, slba, nlb), &[], (nlb * bs) as usize)
+    pub fn read(
+        &mut self,
+        nsid: u32,
+        slba: u64,
+        nlb: u32,
+        bs: u32,
+    ) -> Result<Completion, InitiatorError> {
+        self.command(
+            rw_sqe(NvmOpcode::Read, nsid, slba, nlb),
+            &[],
+            (nlb * bs) as usize,
+        )
     }
 
     /// Write `data` (a whole number of blocks of `bs` bytes).
-    pub fn write(&mut self, nsid: u32, slba: u64, data: &[u8], bs: u32) -> Result<Completion, InitiatorError> {
+    pub fn write(
+        &mut self,
+        nsid: u32,
+        slba: u64,
+        data: &[u8],
+        bs: u32,
+    ) -> Result<Completion, InitiatorError> {
         let nlb = (data.len() / bs as usize) as u32;
         self.command(rw_sqe(NvmOpcode::Write, nsid, slba, nlb), data, 0)
     }
@@ -725,7 +812,12 @@ pub struct Host {
 impl Host {
     /// Connects the admin queue, enables the controller, asks for `io_queues` queues and
     /// connects them.
-    pub fn connect(addr: SocketAddr, subnqn: &str, opts: &InitiatorOptions, io_queues: u16) -> Result<Host, InitiatorError> {
+    pub fn connect(
+        addr: SocketAddr,
+        subnqn: &str,
+        opts: &InitiatorOptions,
+        io_queues: u16,
+    ) -> Result<Host, InitiatorError> {
         let mut admin = Connection::open(addr, opts)?;
         let mut aopts = opts.clone();
         aopts.queue_entries = 32;
@@ -743,7 +835,10 @@ impl Host {
                 ncq: io_queues as u32,
             };
             admin
-                .set_features(nvme_spec::features::FeatureId::NumberOfQueues.as_u8(), nq.to_dw())?
+                .set_features(
+                    nvme_spec::features::FeatureId::NumberOfQueues.as_u8(),
+                    nq.to_dw(),
+                )?
                 .ok()?;
         }
         let mut io = Vec::new();

@@ -132,7 +132,9 @@ impl TxQueue {
     pub(crate) fn advance(&mut self, mut n: usize, release: &mut dyn FnMut(u16)) {
         self.bytes -= n.min(self.bytes);
         while n > 0 {
-            let Some(front) = self.segs.front() else { break };
+            let Some(front) = self.segs.front() else {
+                break;
+            };
             let rem = (front.len - self.head_off) as usize;
             if n >= rem {
                 n -= rem;
@@ -185,7 +187,12 @@ impl TxQueue {
     }
 
     /// Copies out everything queued (tests and fuzzing), releasing slots.
-    pub(crate) fn drain_to(&mut self, out: &mut Vec<u8>, data: &dyn Fn(u16, u32, u32) -> Vec<u8>, release: &mut dyn FnMut(u16)) {
+    pub(crate) fn drain_to(
+        &mut self,
+        out: &mut Vec<u8>,
+        data: &dyn Fn(u16, u32, u32) -> Vec<u8>,
+        release: &mut dyn FnMut(u16),
+    ) {
         let mut first = true;
         while let Some(s) = self.segs.pop_front() {
             let skip = if first { self.head_off } else { 0 };
@@ -195,7 +202,9 @@ impl TxQueue {
                     let off = (v - self.base) as usize + skip as usize;
                     out.extend_from_slice(&self.hdr[off..off + (s.len - skip) as usize]);
                 }
-                SegKind::Data { slot, off } => out.extend_from_slice(&data(slot, off + skip, s.len - skip)),
+                SegKind::Data { slot, off } => {
+                    out.extend_from_slice(&data(slot, off + skip, s.len - skip))
+                }
             }
             if let Some(slot) = s.release {
                 release(slot);

@@ -44,8 +44,14 @@ fn keep_alive_timeout_tears_down_a_silent_host() {
     let t0 = Instant::now();
     silent.admin.wait_closed().unwrap();
     let waited = t0.elapsed();
-    assert!(waited >= Duration::from_millis(300), "closed too early: {waited:?}");
-    assert!(waited < Duration::from_secs(3), "closed too late: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "closed too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "closed too late: {waited:?}"
+    );
     silent.io[0].wait_closed().unwrap();
     // The other association is untouched.
     alive.admin.keep_alive().unwrap().ok().unwrap();
@@ -69,7 +75,10 @@ fn ana_change_raises_an_event_and_steers_io() {
         .set_ana_state(NQN, &portal, Some(1), AnaState::NonOptimized)
         .unwrap();
     h.admin
-        .set_features(FeatureId::AsyncEventConfig.as_u8(), aec::ANA_CHANGE | aec::NS_ATTRIBUTE)
+        .set_features(
+            FeatureId::AsyncEventConfig.as_u8(),
+            aec::ANA_CHANGE | aec::NS_ATTRIBUTE,
+        )
         .unwrap()
         .ok()
         .unwrap();
@@ -117,22 +126,46 @@ fn ana_change_raises_an_event_and_steers_io() {
     let dev = Arc::new(MallocBdev::new("Extra", 64, 512, Default::default()).unwrap());
     let nsid = f
         .target
-        .add_namespace(NQN, NamespaceParams { bdev: dev, nsid: Some(9), anagrpid: None })
+        .add_namespace(
+            NQN,
+            NamespaceParams {
+                bdev: dev,
+                nsid: Some(9),
+                anagrpid: None,
+            },
+        )
         .unwrap();
     let c = h.admin.wait(cid).unwrap().ok().unwrap();
-    assert_eq!(AsyncEvent::from_dw0(c.cqe.dw0()), AsyncEvent::NS_ATTRIBUTE_CHANGED);
+    assert_eq!(
+        AsyncEvent::from_dw0(c.cqe.dw0()),
+        AsyncEvent::NS_ATTRIBUTE_CHANGED
+    );
     let l = h
         .admin
         .get_log(LogPageId::ChangedNamespaceList as u8, 0, 4096, 0, 0, false)
         .unwrap()
         .ok()
         .unwrap();
-    assert_eq!(NsIdList::from_slice(&l.data).unwrap().iter().collect::<Vec<_>>(), vec![nsid]);
+    assert_eq!(
+        NsIdList::from_slice(&l.data)
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        vec![nsid]
+    );
     let deadline = Instant::now() + Duration::from_secs(2);
-    while !io.write(9, 0, &pattern(512, 4), BS).unwrap().status().is_success() {
+    while !io
+        .write(9, 0, &pattern(512, 4), BS)
+        .unwrap()
+        .status()
+        .is_success()
+    {
         assert!(Instant::now() < deadline, "new namespace never routed");
     }
-    assert_eq!(io.read(9, 0, 1, BS).unwrap().ok().unwrap().data, pattern(512, 4));
+    assert_eq!(
+        io.read(9, 0, 1, BS).unwrap().ok().unwrap().data,
+        pattern(512, 4)
+    );
     // Removing it: I/O gets Invalid Namespace.
     f.target.remove_namespace(NQN, nsid).unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -142,7 +175,10 @@ fn ana_change_raises_an_event_and_steers_io() {
     // The removal raised a notice; take it (the log stays unread, so notices stay masked).
     let cid = h.admin.submit_aer().unwrap();
     let c = h.admin.wait(cid).unwrap().ok().unwrap();
-    assert_eq!(AsyncEvent::from_dw0(c.cqe.dw0()), AsyncEvent::NS_ATTRIBUTE_CHANGED);
+    assert_eq!(
+        AsyncEvent::from_dw0(c.cqe.dw0()),
+        AsyncEvent::NS_ATTRIBUTE_CHANGED
+    );
     // AER limit: four may be outstanding, a fifth is refused.
     for _ in 0..4 {
         h.admin.submit_aer().unwrap();
@@ -159,13 +195,22 @@ fn per_listener_ana_states_and_multiple_portals() {
     let f = fixture();
     let second = f
         .target
-        .add_listener(NQN, &ListenAddr::new("127.0.0.1", "0"), AnaState::NonOptimized)
+        .add_listener(
+            NQN,
+            &ListenAddr::new("127.0.0.1", "0"),
+            AnaState::NonOptimized,
+        )
         .unwrap();
     let a2 = second.socket_addr().unwrap();
     let mut h1 = Host::connect(f.addr, NQN, &opts(), 1).unwrap();
     let mut h2 = Host::connect(a2, NQN, &opts(), 1).unwrap();
     let state = |h: &mut Host| {
-        let log = h.admin.get_log(LogPageId::Ana as u8, 0, 4096, 0, 0, true).unwrap().ok().unwrap();
+        let log = h
+            .admin
+            .get_log(LogPageId::Ana as u8, 0, 4096, 0, 0, true)
+            .unwrap()
+            .ok()
+            .unwrap();
         let (_, g) = parse_ana_log(&log.data).unwrap();
         g.iter().find(|g| g.grpid == 1).unwrap().state
     };
@@ -176,7 +221,9 @@ fn per_listener_ana_states_and_multiple_portals() {
     h1.io[0].write(1, 40, &d, BS).unwrap().ok().unwrap();
     assert_eq!(h2.io[0].read(1, 40, 8, BS).unwrap().ok().unwrap().data, d);
     // Making portal 2 inaccessible does not affect portal 1.
-    f.target.set_ana_state(NQN, &second, None, AnaState::Inaccessible).unwrap();
+    f.target
+        .set_ana_state(NQN, &second, None, AnaState::Inaccessible)
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
     while h2.io[0].read(1, 40, 8, BS).unwrap().status() != Status::ANA_INACCESSIBLE {
         assert!(Instant::now() < deadline);
@@ -186,7 +233,10 @@ fn per_listener_ana_states_and_multiple_portals() {
     f.target.remove_listener(NQN, &second).unwrap();
     h2.admin.wait_closed().unwrap();
     h2.io[0].wait_closed().unwrap();
-    assert!(std::net::TcpStream::connect(a2).is_err(), "portal still open");
+    assert!(
+        std::net::TcpStream::connect(a2).is_err(),
+        "portal still open"
+    );
     h1.io[0].read(1, 40, 8, BS).unwrap().ok().unwrap();
 }
 
@@ -205,14 +255,28 @@ fn host_allow_list() {
         })
         .unwrap();
     f.target
-        .add_namespace(nqn, NamespaceParams { bdev: f.malloc.clone(), nsid: None, anagrpid: None })
+        .add_namespace(
+            nqn,
+            NamespaceParams {
+                bdev: f.malloc.clone(),
+                nsid: None,
+                anagrpid: None,
+            },
+        )
         .unwrap();
     f.target
-        .add_listener(nqn, &ListenAddr::from_socket_addr(f.addr), AnaState::Optimized)
+        .add_listener(
+            nqn,
+            &ListenAddr::from_socket_addr(f.addr),
+            AnaState::Optimized,
+        )
         .unwrap();
     let mut o = opts();
     let mut c = Connection::open(f.addr, &o).unwrap();
-    assert_eq!(c.connect(0, nqn, 0xffff).unwrap().status(), Status::CONNECT_INVALID_HOST);
+    assert_eq!(
+        c.connect(0, nqn, 0xffff).unwrap().status(),
+        Status::CONNECT_INVALID_HOST
+    );
     // The connection is still usable for another Connect (to a subsystem that allows it).
     c.connect(0, NQN, 0xffff).unwrap().ok().unwrap();
     o.hostnqn = allowed.into();
@@ -224,7 +288,10 @@ fn host_allow_list() {
     f.target.remove_host(nqn, HOST).unwrap();
     h2.io[0].wait_closed().unwrap();
     let mut c = Connection::open(f.addr, &opts()).unwrap();
-    assert_eq!(c.connect(0, nqn, 0xffff).unwrap().status(), Status::CONNECT_INVALID_HOST);
+    assert_eq!(
+        c.connect(0, nqn, 0xffff).unwrap().status(),
+        Status::CONNECT_INVALID_HOST
+    );
     // An unknown subsystem is an invalid parameter (SUBNQN in the data).
     let r = c.connect(0, "nqn.2016-06.io.vmpath:nope", 0xffff).unwrap();
     assert_eq!(r.status(), Status::CONNECT_INVALID_PARAMETERS);
@@ -250,7 +317,11 @@ fn discovery_lists_every_portal() {
         })
         .unwrap();
     f.target
-        .add_listener(other, &ListenAddr::from_socket_addr(f.addr), AnaState::Optimized)
+        .add_listener(
+            other,
+            &ListenAddr::from_socket_addr(f.addr),
+            AnaState::Optimized,
+        )
         .unwrap();
     let hidden = "nqn.2016-06.io.vmpath:hidden";
     f.target
@@ -263,27 +334,50 @@ fn discovery_lists_every_portal() {
         })
         .unwrap();
     f.target
-        .add_listener(hidden, &ListenAddr::from_socket_addr(f.addr), AnaState::Optimized)
+        .add_listener(
+            hidden,
+            &ListenAddr::from_socket_addr(f.addr),
+            AnaState::Optimized,
+        )
         .unwrap();
 
     let mut d = Connection::open(f.addr, &opts()).unwrap();
     d.connect(0, DISCOVERY_NQN, 0xffff).unwrap().ok().unwrap();
     d.enable().unwrap();
-    let id = d.identify(nvme_spec::cmd::cns::CONTROLLER, 0).unwrap().ok().unwrap();
+    let id = d
+        .identify(nvme_spec::cmd::cns::CONTROLLER, 0)
+        .unwrap()
+        .ok()
+        .unwrap();
     let id = IdentifyController::from_slice(&id.data).unwrap();
     assert_eq!(id.cntrltype(), IdentifyController::CNTRLTYPE_DISCOVERY);
     assert_eq!(id.subnqn().unwrap(), DISCOVERY_NQN);
-    let hdr = d.get_log(LogPageId::Discovery as u8, 0, 1024, 0, 0, false).unwrap().ok().unwrap();
+    let hdr = d
+        .get_log(LogPageId::Discovery as u8, 0, 1024, 0, 0, false)
+        .unwrap()
+        .ok()
+        .unwrap();
     let hdr = DiscoveryLogHeader::from_slice(&hdr.data).unwrap();
-    assert_eq!(hdr.numrec(), 3, "two portals of {NQN}, one of {other}; {hidden} is not allowed");
+    assert_eq!(
+        hdr.numrec(),
+        3,
+        "two portals of {NQN}, one of {other}; {hidden} is not allowed"
+    );
     let len = 1024 * (1 + hdr.numrec() as u32);
-    let log = d.get_log(LogPageId::Discovery as u8, 0, len, 0, 0, false).unwrap().ok().unwrap();
+    let log = d
+        .get_log(LogPageId::Discovery as u8, 0, len, 0, 0, false)
+        .unwrap()
+        .ok()
+        .unwrap();
     let mut seen = Vec::new();
     for i in 0..hdr.numrec() as usize {
         let e = DiscoveryLogEntry::from_slice(&log.data[1024 * (i + 1)..1024 * (i + 2)]).unwrap();
         assert_eq!(e.subtype(), subtype::NVME);
         assert_eq!(e.trtype(), nvme_spec::log::trtype::TCP);
-        seen.push((e.subnqn().unwrap().to_string(), e.trsvcid().unwrap().to_string()));
+        seen.push((
+            e.subnqn().unwrap().to_string(),
+            e.trsvcid().unwrap().to_string(),
+        ));
     }
     seen.sort();
     let mut want = vec![
@@ -294,25 +388,40 @@ fn discovery_lists_every_portal() {
     want.sort();
     assert_eq!(seen, want);
     // Log change notice on the discovery controller.
-    d.set_features(FeatureId::AsyncEventConfig.as_u8(), aec::DISCOVERY_LOG_CHANGE)
-        .unwrap()
-        .ok()
-        .unwrap();
+    d.set_features(
+        FeatureId::AsyncEventConfig.as_u8(),
+        aec::DISCOVERY_LOG_CHANGE,
+    )
+    .unwrap()
+    .ok()
+    .unwrap();
     let cid = d.submit_aer().unwrap();
     f.target.remove_listener(NQN, &p2).unwrap();
     let c = d.wait(cid).unwrap().ok().unwrap();
-    assert_eq!(AsyncEvent::from_dw0(c.cqe.dw0()), AsyncEvent::DISCOVERY_LOG_CHANGE);
-    let hdr2 = d.get_log(LogPageId::Discovery as u8, 0, 1024, 0, 0, false).unwrap().ok().unwrap();
+    assert_eq!(
+        AsyncEvent::from_dw0(c.cqe.dw0()),
+        AsyncEvent::DISCOVERY_LOG_CHANGE
+    );
+    let hdr2 = d
+        .get_log(LogPageId::Discovery as u8, 0, 1024, 0, 0, false)
+        .unwrap()
+        .ok()
+        .unwrap();
     let hdr2 = DiscoveryLogHeader::from_slice(&hdr2.data).unwrap();
     assert_eq!(hdr2.numrec(), 2);
     assert!(hdr2.genctr() > hdr.genctr());
     // A discovery controller has no I/O queues and no ANA log.
     assert_eq!(
-        d.get_log(LogPageId::Ana as u8, 0, 4096, 0, 0, false).unwrap().status(),
+        d.get_log(LogPageId::Ana as u8, 0, 4096, 0, 0, false)
+            .unwrap()
+            .status(),
         Status::INVALID_LOG_PAGE
     );
     let mut q = Connection::open(f.addr, &opts()).unwrap();
-    assert_eq!(q.connect(1, DISCOVERY_NQN, d.cntlid).unwrap().status(), Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(
+        q.connect(1, DISCOVERY_NQN, d.cntlid).unwrap().status(),
+        Status::CONNECT_INVALID_PARAMETERS
+    );
 }
 
 struct Counting {
@@ -371,21 +480,42 @@ fn admission_hook_sees_every_io_and_can_hold_it() {
     }));
     let mut h = Host::connect(f.addr, NQN, &opts(), 4).unwrap();
     for (i, io) in h.io.iter_mut().enumerate() {
-        io.write(1, i as u64 * 8, &pattern(4096, i as u8), BS).unwrap().ok().unwrap();
+        io.write(1, i as u64 * 8, &pattern(4096, i as u8), BS)
+            .unwrap()
+            .ok()
+            .unwrap();
     }
     assert_eq!(seen.load(Ordering::Acquire), 4);
     // Connections are spread over the reactors (the fixture runs one per core).
     let rs = reactors.lock().unwrap().clone();
     let distinct: std::collections::BTreeSet<u32> = rs.iter().copied().collect();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     assert_eq!(distinct.len(), cores.min(4), "queues on reactors {rs:?}");
     // Held I/O waits, in order, and completes once released.
     hold.store(1, Ordering::Release);
     let io = &mut h.io[0];
-    let c1 = io.submit(nvmf_target::testing::rw_sqe(nvme_spec::NvmOpcode::Read, 1, 0, 8), &[], 4096).unwrap();
-    let c2 = io.submit(nvmf_target::testing::rw_sqe(nvme_spec::NvmOpcode::Read, 1, 8, 8), &[], 4096).unwrap();
+    let c1 = io
+        .submit(
+            nvmf_target::testing::rw_sqe(nvme_spec::NvmOpcode::Read, 1, 0, 8),
+            &[],
+            4096,
+        )
+        .unwrap();
+    let c2 = io
+        .submit(
+            nvmf_target::testing::rw_sqe(nvme_spec::NvmOpcode::Read, 1, 8, 8),
+            &[],
+            4096,
+        )
+        .unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(seen.load(Ordering::Acquire), 4, "held I/O reached the device");
+    assert_eq!(
+        seen.load(Ordering::Acquire),
+        4,
+        "held I/O reached the device"
+    );
     hold.store(0, Ordering::Release);
     assert_eq!(io.wait(c1).unwrap().ok().unwrap().data, pattern(4096, 0));
     assert_eq!(io.wait(c2).unwrap().ok().unwrap().data, pattern(4096, 1));
@@ -396,7 +526,11 @@ fn admission_hook_sees_every_io_and_can_hold_it() {
 fn subsystem_deletion_and_target_shutdown() {
     let mut f = fixture();
     let mut h = Host::connect(f.addr, NQN, &opts(), 2).unwrap();
-    h.io[0].write(1, 0, &pattern(4096, 1), BS).unwrap().ok().unwrap();
+    h.io[0]
+        .write(1, 0, &pattern(4096, 1), BS)
+        .unwrap()
+        .ok()
+        .unwrap();
     assert!(f.target.connection_count() >= 3);
     f.target.delete_subsystem(NQN).unwrap();
     h.admin.wait_closed().unwrap();

@@ -32,12 +32,20 @@ fn properties_enable_identify_and_features() {
     assert_eq!(a.prop_get(offset::VS, false).unwrap() as u32, Vs::V2_0.0);
     assert!(!Csts(a.prop_get(offset::CSTS, false).unwrap() as u32).ready());
     // Wrong size for CAP.
-    let c = a.command(nvme_spec::fabrics::PropertyGet::to_sqe(offset::CAP, false, 0), &[], 0).unwrap();
+    let c = a
+        .command(
+            nvme_spec::fabrics::PropertyGet::to_sqe(offset::CAP, false, 0),
+            &[],
+            0,
+        )
+        .unwrap();
     assert_eq!(c.status(), Status::INVALID_FIELD);
     // Enabling with bad entry sizes is refused.
     let bad = Cc(0).with_en(1).with_iosqes(5).with_iocqes(4);
     assert_eq!(
-        a.prop_set(offset::CC, false, bad.0 as u64).unwrap().status(),
+        a.prop_set(offset::CC, false, bad.0 as u64)
+            .unwrap()
+            .status(),
         Status::INVALID_FIELD
     );
     // An I/O queue cannot connect before the controller is ready.
@@ -82,7 +90,13 @@ fn properties_enable_identify_and_features() {
     let l = NsIdList::from_slice(&l.data).unwrap();
     assert_eq!(l.iter().collect::<Vec<_>>(), vec![1, 2]);
     let l = a.identify(cns::ACTIVE_NAMESPACES, 1).unwrap().ok().unwrap();
-    assert_eq!(NsIdList::from_slice(&l.data).unwrap().iter().collect::<Vec<_>>(), vec![2]);
+    assert_eq!(
+        NsIdList::from_slice(&l.data)
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
     let d = a.identify(cns::NS_ID_DESCRIPTORS, 1).unwrap().ok().unwrap();
     let d = NsIdDescList::from_slice(&d.data).unwrap();
     let descs: Vec<_> = d.iter().collect();
@@ -92,28 +106,65 @@ fn properties_enable_identify_and_features() {
 
     // Features.
     let nq = NumberOfQueues { nsq: 4, ncq: 4 }.to_dw();
-    let c = a.set_features(FeatureId::NumberOfQueues.as_u8(), nq).unwrap().ok().unwrap();
-    assert_eq!(NumberOfQueues::from_dw(c.cqe.dw0()).nsq, 4);
-    let c = a.get_features(FeatureId::NumberOfQueues.as_u8()).unwrap().ok().unwrap();
-    assert_eq!(NumberOfQueues::from_dw(c.cqe.dw0()).nsq, 4);
-    a.set_features(FeatureId::KeepAliveTimer.as_u8(), 30_000).unwrap().ok().unwrap();
-    let c = a.get_features(FeatureId::KeepAliveTimer.as_u8()).unwrap().ok().unwrap();
-    assert_eq!(c.cqe.dw0(), 30_000);
-    a.set_features(FeatureId::AsyncEventConfig.as_u8(), aec::ANA_CHANGE | aec::NS_ATTRIBUTE)
+    let c = a
+        .set_features(FeatureId::NumberOfQueues.as_u8(), nq)
         .unwrap()
         .ok()
         .unwrap();
-    let c = a.get_features(FeatureId::AsyncEventConfig.as_u8()).unwrap().ok().unwrap();
+    assert_eq!(NumberOfQueues::from_dw(c.cqe.dw0()).nsq, 4);
+    let c = a
+        .get_features(FeatureId::NumberOfQueues.as_u8())
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert_eq!(NumberOfQueues::from_dw(c.cqe.dw0()).nsq, 4);
+    a.set_features(FeatureId::KeepAliveTimer.as_u8(), 30_000)
+        .unwrap()
+        .ok()
+        .unwrap();
+    let c = a
+        .get_features(FeatureId::KeepAliveTimer.as_u8())
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert_eq!(c.cqe.dw0(), 30_000);
+    a.set_features(
+        FeatureId::AsyncEventConfig.as_u8(),
+        aec::ANA_CHANGE | aec::NS_ATTRIBUTE,
+    )
+    .unwrap()
+    .ok()
+    .unwrap();
+    let c = a
+        .get_features(FeatureId::AsyncEventConfig.as_u8())
+        .unwrap()
+        .ok()
+        .unwrap();
     assert_eq!(c.cqe.dw0(), aec::ANA_CHANGE | aec::NS_ATTRIBUTE);
-    a.set_features(FeatureId::VolatileWriteCache.as_u8(), 0).unwrap().ok().unwrap();
-    assert_eq!(a.get_features(FeatureId::VolatileWriteCache.as_u8()).unwrap().ok().unwrap().cqe.dw0(), 0);
+    a.set_features(FeatureId::VolatileWriteCache.as_u8(), 0)
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert_eq!(
+        a.get_features(FeatureId::VolatileWriteCache.as_u8())
+            .unwrap()
+            .ok()
+            .unwrap()
+            .cqe
+            .dw0(),
+        0
+    );
     assert_eq!(
         a.set_features(0x7e, 0).unwrap().status(),
         Status::INVALID_FIELD
     );
     a.keep_alive().unwrap().ok().unwrap();
     // Abort: best effort, reports "not aborted".
-    let c = a.command(Sqe::new(AdminOpcode::Abort.as_u8(), 0, 0), &[], 0).unwrap().ok().unwrap();
+    let c = a
+        .command(Sqe::new(AdminOpcode::Abort.as_u8(), 0, 0), &[], 0)
+        .unwrap()
+        .ok()
+        .unwrap();
     assert_eq!(c.cqe.dw0() & 1, 1);
     // Unknown admin opcode.
     assert_eq!(
@@ -124,21 +175,35 @@ fn properties_enable_identify_and_features() {
     let mut io = Connection::open(f.addr, &o).unwrap();
     io.connect(1, NQN, a.cntlid).unwrap().ok().unwrap();
     assert_eq!(
-        a.set_features(FeatureId::NumberOfQueues.as_u8(), nq).unwrap().status(),
+        a.set_features(FeatureId::NumberOfQueues.as_u8(), nq)
+            .unwrap()
+            .status(),
         Status::COMMAND_SEQUENCE_ERROR
     );
     // Queue 5 is beyond the 4 granted; queue 1 is taken.
     let mut q5 = Connection::open(f.addr, &o).unwrap();
-    assert_eq!(q5.connect(5, NQN, a.cntlid).unwrap().status(), Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(
+        q5.connect(5, NQN, a.cntlid).unwrap().status(),
+        Status::CONNECT_INVALID_PARAMETERS
+    );
     let mut q1 = Connection::open(f.addr, &o).unwrap();
-    assert_eq!(q1.connect(1, NQN, a.cntlid).unwrap().status(), Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(
+        q1.connect(1, NQN, a.cntlid).unwrap().status(),
+        Status::CONNECT_INVALID_PARAMETERS
+    );
     // Unknown controller.
     let mut qx = Connection::open(f.addr, &o).unwrap();
-    assert_eq!(qx.connect(2, NQN, 999).unwrap().status(), Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(
+        qx.connect(2, NQN, 999).unwrap().status(),
+        Status::CONNECT_INVALID_PARAMETERS
+    );
 
     // Shutdown notification: SHST complete, I/O queue closed.
     let cc = Cc(a.prop_get(offset::CC, false).unwrap() as u32).with_shn(Cc::SHN_NORMAL);
-    a.prop_set(offset::CC, false, cc.0 as u64).unwrap().ok().unwrap();
+    a.prop_set(offset::CC, false, cc.0 as u64)
+        .unwrap()
+        .ok()
+        .unwrap();
     let csts = Csts(a.prop_get(offset::CSTS, false).unwrap() as u32);
     assert_eq!(csts.shst(), Csts::SHST_COMPLETE);
     io.wait_closed().unwrap();
@@ -156,21 +221,42 @@ fn log_pages() {
     assert_eq!(c.status(), Status::LBA_OUT_OF_RANGE);
 
     let a = &mut h.admin;
-    let e = a.get_log(LogPageId::ErrorInformation as u8, 0, 64 * 16, 0, 0, false).unwrap().ok().unwrap();
+    let e = a
+        .get_log(LogPageId::ErrorInformation as u8, 0, 64 * 16, 0, 0, false)
+        .unwrap()
+        .ok()
+        .unwrap();
     let first = nvme_spec::log::ErrorLogEntry::from_slice(&e.data[..64]).unwrap();
     assert_eq!(first.error_count(), 1);
     assert_eq!(first.sqid(), 1);
     assert_eq!(first.status_phase() >> 1, Status::LBA_OUT_OF_RANGE.0);
 
-    let s = a.get_log(LogPageId::SmartHealth as u8, 0xffff_ffff, 512, 0, 0, false).unwrap().ok().unwrap();
+    let s = a
+        .get_log(LogPageId::SmartHealth as u8, 0xffff_ffff, 512, 0, 0, false)
+        .unwrap()
+        .ok()
+        .unwrap();
     let s = SmartLog::from_slice(&s.data).unwrap();
     assert!(s.host_write_commands() >= 1);
     assert!(s.host_read_commands() >= 1);
     assert_eq!(s.data_units_written(), 1);
-    let s1 = a.get_log(LogPageId::SmartHealth as u8, 1, 512, 0, 0, false).unwrap().ok().unwrap();
-    assert_eq!(SmartLog::from_slice(&s1.data).unwrap().host_write_commands(), s.host_write_commands());
+    let s1 = a
+        .get_log(LogPageId::SmartHealth as u8, 1, 512, 0, 0, false)
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert_eq!(
+        SmartLog::from_slice(&s1.data)
+            .unwrap()
+            .host_write_commands(),
+        s.host_write_commands()
+    );
 
-    let an = a.get_log(LogPageId::Ana as u8, 0, 4096, 0, 0, false).unwrap().ok().unwrap();
+    let an = a
+        .get_log(LogPageId::Ana as u8, 0, 4096, 0, 0, false)
+        .unwrap()
+        .ok()
+        .unwrap();
     let (_, groups) = parse_ana_log(&an.data).unwrap();
     assert_eq!(groups.len(), 2);
     assert_eq!(groups[0].grpid, 1);
@@ -178,24 +264,43 @@ fn log_pages() {
     assert_eq!(groups[1].grpid, 2);
     assert_eq!(groups[1].state, nvme_spec::AnaState::Optimized as u8);
     // Return Groups Only.
-    let an = a.get_log(LogPageId::Ana as u8, 0, 4096, 0, 1, false).unwrap().ok().unwrap();
+    let an = a
+        .get_log(LogPageId::Ana as u8, 0, 4096, 0, 1, false)
+        .unwrap()
+        .ok()
+        .unwrap();
     let (_, groups) = parse_ana_log(&an.data).unwrap();
     assert_eq!(groups[0].nsids().count(), 0);
     // Offset into the page.
-    let part = a.get_log(LogPageId::Ana as u8, 0, 32, 16, 0, false).unwrap().ok().unwrap();
+    let part = a
+        .get_log(LogPageId::Ana as u8, 0, 32, 16, 0, false)
+        .unwrap()
+        .ok()
+        .unwrap();
     assert_eq!(&part.data[..4], &1u32.to_le_bytes());
 
-    let c = a.get_log(LogPageId::ChangedNamespaceList as u8, 0, 4096, 0, 0, false).unwrap().ok().unwrap();
+    let c = a
+        .get_log(LogPageId::ChangedNamespaceList as u8, 0, 4096, 0, 0, false)
+        .unwrap()
+        .ok()
+        .unwrap();
     assert!(NsIdList::from_slice(&c.data).unwrap().is_empty());
     // Discovery log is not served by an I/O controller; unknown pages neither.
     assert_eq!(
-        a.get_log(LogPageId::Discovery as u8, 0, 1024, 0, 0, false).unwrap().status(),
+        a.get_log(LogPageId::Discovery as u8, 0, 1024, 0, 0, false)
+            .unwrap()
+            .status(),
         Status::INVALID_LOG_PAGE
     );
-    assert_eq!(a.get_log(0xbe, 0, 512, 0, 0, false).unwrap().status(), Status::INVALID_LOG_PAGE);
+    assert_eq!(
+        a.get_log(0xbe, 0, 512, 0, 0, false).unwrap().status(),
+        Status::INVALID_LOG_PAGE
+    );
     // Offset past the end.
     assert_eq!(
-        a.get_log(LogPageId::SmartHealth as u8, 0xffff_ffff, 4, 4096, 0, false).unwrap().status(),
+        a.get_log(LogPageId::SmartHealth as u8, 0xffff_ffff, 4, 4096, 0, false)
+            .unwrap()
+            .status(),
         Status::INVALID_FIELD
     );
 }
@@ -228,7 +333,13 @@ fn io_round_trip(o: InitiatorOptions, topts: TargetOptions) {
     let iov = unsafe { buf.iovec(0..4096) };
     vmpath_bdev::sync::run_to_completion(
         ch.as_mut(),
-        vmpath_bdev::IoRequest::with_iovs(vmpath_bdev::IoType::Read, 0, 8, smallvec::smallvec![iov], 1),
+        vmpath_bdev::IoRequest::with_iovs(
+            vmpath_bdev::IoType::Read,
+            0,
+            8,
+            smallvec::smallvec![iov],
+            1,
+        ),
         &vmpath_runtime::now_ns,
         &mut |_| {},
     )
@@ -304,15 +415,26 @@ fn flush_write_zeroes_and_deallocate() {
     let io = &mut h.io[0];
     let data = pattern(16 * 512, 2);
     io.write(1, 200, &data, BS).unwrap().ok().unwrap();
-    io.command(Sqe::new(NvmOpcode::Flush.as_u8(), 0, 1), &[], 0).unwrap().ok().unwrap();
+    io.command(Sqe::new(NvmOpcode::Flush.as_u8(), 0, 1), &[], 0)
+        .unwrap()
+        .ok()
+        .unwrap();
     // Broadcast flush is not supported (VWC bits 2:1 = 10b).
     assert_eq!(
-        io.command(Sqe::new(NvmOpcode::Flush.as_u8(), 0, 0xffff_ffff), &[], 0).unwrap().status(),
+        io.command(Sqe::new(NvmOpcode::Flush.as_u8(), 0, 0xffff_ffff), &[], 0)
+            .unwrap()
+            .status(),
         Status::INVALID_NAMESPACE_OR_FORMAT
     );
     // Write Zeroes over blocks 202..206.
     let mut s = Sqe::new(NvmOpcode::WriteZeroes.as_u8(), 0, 1);
-    WriteZeroes { slba: 202, nlb: 4, deallocate: false, fua: false }.apply(&mut s);
+    WriteZeroes {
+        slba: 202,
+        nlb: 4,
+        deallocate: false,
+        fua: false,
+    }
+    .apply(&mut s);
     io.command(s, &[], 0).unwrap().ok().unwrap();
     let r = io.read(1, 200, 16, BS).unwrap().ok().unwrap();
     let mut want = data.clone();
@@ -320,7 +442,13 @@ fn flush_write_zeroes_and_deallocate() {
     assert_eq!(r.data, want);
     // Deallocate blocks 208..210 and 212..213 (plus an empty range).
     let mut s = Sqe::new(NvmOpcode::DatasetManagement.as_u8(), 0, 1);
-    DatasetManagement { nr: 3, idr: false, idw: false, deallocate: true }.apply(&mut s);
+    DatasetManagement {
+        nr: 3,
+        idr: false,
+        idw: false,
+        deallocate: true,
+    }
+    .apply(&mut s);
     let mut ranges = Vec::new();
     for (slba, nlb) in [(208u64, 2u32), (300, 0), (212, 1)] {
         let mut r = DsmRange::zeroed();
@@ -341,12 +469,27 @@ fn flush_write_zeroes_and_deallocate() {
     ok.set_slba(200);
     ok.set_nlb(1);
     let mut s = Sqe::new(NvmOpcode::DatasetManagement.as_u8(), 0, 1);
-    DatasetManagement { nr: 2, idr: false, idw: false, deallocate: true }.apply(&mut s);
+    DatasetManagement {
+        nr: 2,
+        idr: false,
+        idw: false,
+        deallocate: true,
+    }
+    .apply(&mut s);
     let body = [ok.as_bytes().as_slice(), bad.as_bytes().as_slice()].concat();
-    assert_eq!(io.command(s, &body, 0).unwrap().status(), Status::LBA_OUT_OF_RANGE);
-    assert_eq!(io.read(1, 200, 1, BS).unwrap().ok().unwrap().data, want[..512]);
+    assert_eq!(
+        io.command(s, &body, 0).unwrap().status(),
+        Status::LBA_OUT_OF_RANGE
+    );
+    assert_eq!(
+        io.read(1, 200, 1, BS).unwrap().ok().unwrap().data,
+        want[..512]
+    );
     // Null namespace (4 KiB blocks): I/O completes.
-    io.write(2, 5, &pattern(4096, 1), 4096).unwrap().ok().unwrap();
+    io.write(2, 5, &pattern(4096, 1), 4096)
+        .unwrap()
+        .ok()
+        .unwrap();
     io.read(2, 5, 1, 4096).unwrap().ok().unwrap();
 }
 
@@ -360,33 +503,57 @@ fn queue_depth_32_pipelined_and_io_errors() {
     let mut cids = Vec::new();
     for i in 0..32u64 {
         let d = pattern(4096, i as u8);
-        cids.push(io.submit(rw_sqe(NvmOpcode::Write, 1, i * 8, 8), &d, 0).unwrap());
+        cids.push(
+            io.submit(rw_sqe(NvmOpcode::Write, 1, i * 8, 8), &d, 0)
+                .unwrap(),
+        );
     }
     for c in cids {
         io.wait(c).unwrap().ok().unwrap();
     }
     let mut cids = Vec::new();
     for i in 0..32u64 {
-        cids.push((i, io.submit(rw_sqe(NvmOpcode::Read, 1, i * 8, 8), &[], 4096).unwrap()));
+        cids.push((
+            i,
+            io.submit(rw_sqe(NvmOpcode::Read, 1, i * 8, 8), &[], 4096)
+                .unwrap(),
+        ));
     }
     for (i, c) in cids {
-        assert_eq!(io.wait(c).unwrap().ok().unwrap().data, pattern(4096, i as u8));
+        assert_eq!(
+            io.wait(c).unwrap().ok().unwrap().data,
+            pattern(4096, i as u8)
+        );
     }
     // Errors named by the spec.
-    assert_eq!(io.read(1, BLOCKS - 1, 2, BS).unwrap().status(), Status::LBA_OUT_OF_RANGE);
-    assert_eq!(io.read(1, 0, 512, BS).unwrap().status(), Status::INVALID_FIELD, "above MDTS");
-    assert_eq!(io.read(9, 0, 1, BS).unwrap().status(), Status::INVALID_NAMESPACE_OR_FORMAT);
+    assert_eq!(
+        io.read(1, BLOCKS - 1, 2, BS).unwrap().status(),
+        Status::LBA_OUT_OF_RANGE
+    );
+    assert_eq!(
+        io.read(1, 0, 512, BS).unwrap().status(),
+        Status::INVALID_FIELD,
+        "above MDTS"
+    );
+    assert_eq!(
+        io.read(9, 0, 1, BS).unwrap().status(),
+        Status::INVALID_NAMESPACE_OR_FORMAT
+    );
     assert_eq!(
         io.command(Sqe::new(0x99, 0, 1), &[], 0).unwrap().status(),
         Status::INVALID_OPCODE
     );
     assert_eq!(
-        io.command(Sqe::new(NvmOpcode::Compare.as_u8(), 0, 1), &[], 0).unwrap().status(),
+        io.command(Sqe::new(NvmOpcode::Compare.as_u8(), 0, 1), &[], 0)
+            .unwrap()
+            .status(),
         Status::INVALID_OPCODE
     );
     // Admin opcodes mean nothing on an I/O queue; Property Get neither.
     assert_eq!(
-        io.command(nvme_spec::fabrics::PropertyGet::to_sqe(0, true, 0), &[], 0).unwrap().status(),
+        io.command(nvme_spec::fabrics::PropertyGet::to_sqe(0, true, 0), &[], 0)
+            .unwrap()
+            .status(),
         Status::INVALID_FIELD
     );
     // Host buffer smaller than the transfer.
@@ -394,7 +561,10 @@ fn queue_depth_32_pipelined_and_io_errors() {
     s.set_cid(900);
     s.set_sgl1(nvme_spec::sqe::SglDescriptor::transport(512));
     io.submit_raw(s, &[]).unwrap();
-    assert_eq!(io.wait(900).unwrap().status(), Status::DATA_SGL_LENGTH_INVALID);
+    assert_eq!(
+        io.wait(900).unwrap().status(),
+        Status::DATA_SGL_LENGTH_INVALID
+    );
     // Still fine afterwards.
     io.read(1, 0, 8, BS).unwrap().ok().unwrap();
 }

@@ -65,13 +65,27 @@ pub fn fixture_with(opts: TargetOptions) -> Fixture {
         Arc::new(NullBdev::new("Null0", 1 << 20, 4096, Default::default()).unwrap());
     assert_eq!(
         target
-            .add_namespace(NQN, NamespaceParams { bdev: malloc.clone(), nsid: Some(1), anagrpid: None })
+            .add_namespace(
+                NQN,
+                NamespaceParams {
+                    bdev: malloc.clone(),
+                    nsid: Some(1),
+                    anagrpid: None
+                }
+            )
             .unwrap(),
         1
     );
     assert_eq!(
         target
-            .add_namespace(NQN, NamespaceParams { bdev: null, nsid: Some(2), anagrpid: Some(2) })
+            .add_namespace(
+                NQN,
+                NamespaceParams {
+                    bdev: null,
+                    nsid: Some(2),
+                    anagrpid: Some(2)
+                }
+            )
             .unwrap(),
         2
     );
@@ -101,6 +115,11 @@ pub fn opts() -> InitiatorOptions {
 /// Deterministic test data.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(seed as u32 % 31) as u8 ^ seed)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(seed as u32 % 31) as u8
+                ^ seed
+        })
         .collect()
 }
