@@ -76,6 +76,13 @@ pub struct Config {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub nvme_controllers: Vec<crate::nvme::NvmeControllerConfig>,
+    /// NVMe/TCP subsystems this node exports: `[[nvmf_subsystem]]` tables.
+    #[serde(
+        rename = "nvmf_subsystem",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub nvmf_subsystems: Vec<crate::nvmf::NvmfSubsystemConfig>,
 }
 
 /// `[reactors]`: which cores run a reactor and when an idle reactor sleeps.
@@ -277,6 +284,16 @@ impl Config {
             ],
             hooks: Default::default(),
             nvme_controllers: Vec::new(),
+            nvmf_subsystems: vec![crate::nvmf::NvmfSubsystemConfig {
+                allow_any_host: true,
+                namespaces: vec![crate::nvmf::NvmfNamespaceConfig {
+                    bdev_name: "Malloc0".into(),
+                    nsid: Some(1),
+                    anagrpid: None,
+                }],
+                listeners: vec![crate::nvmf::NvmfListenerConfig::tcp("127.0.0.1", "4420")],
+                ..crate::nvmf::NvmfSubsystemConfig::new("nqn.2016-06.io.vmpath:cnode1")
+            }],
         }
     }
 
@@ -343,7 +360,36 @@ impl Config {
             }
         }
         self.check_vms()?;
-        self.check_nvme()
+        self.check_nvme()?;
+        self.check_nvmf()
+    }
+
+    fn check_nvmf(&self) -> Result<(), (KeyPath, String)> {
+        let root = KeyPath::root();
+        for (i, s) in self.nvmf_subsystems.iter().enumerate() {
+            let at = root.key("nvmf_subsystem").index(i);
+            s.validate().map_err(|e| (at.key(e.field), e.message))?;
+            if let Some(j) = self.nvmf_subsystems[..i]
+                .iter()
+                .position(|o| o.nqn == s.nqn)
+            {
+                return Err((
+                    at.key("nqn"),
+                    format!("duplicate subsystem NQN (already used by nvmf_subsystem[{j}])"),
+                ));
+            }
+            for (k, ns) in s.namespaces.iter().enumerate() {
+                let known = self.bdev(&ns.bdev_name).is_some()
+                    || self.volumes.iter().any(|v| v.name == ns.bdev_name);
+                if !known {
+                    return Err((
+                        at.key(format!("namespace[{k}].bdev_name")),
+                        format!("no bdev named {:?}", ns.bdev_name),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_nvme(&self) -> Result<(), (KeyPath, String)> {

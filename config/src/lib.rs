@@ -28,6 +28,7 @@ pub mod cpumask;
 pub mod error;
 mod load;
 pub mod nvme;
+pub mod nvmf;
 pub mod vhost;
 pub mod vm;
 
@@ -38,5 +39,6 @@ pub use config::{Config, ReactorsConfig, RpcConfig, DEFAULT_IDLE_SLEEP_US, DEFAU
 pub use cpumask::{format_cpumask, parse_cpumask, CpumaskError, MAX_CORES};
 pub use error::{ConfigError, KeyPath, Location, ParamError, Segment};
 pub use nvme::NvmeControllerConfig;
+pub use nvmf::{NvmfListenerConfig, NvmfNamespaceConfig, NvmfSubsystemConfig};
 pub use vhost::{VhostBlkConfig, VhostConfig};
 pub use vm::{HooksConfig, PathConfig, VolumeConfig};

@@ -40,6 +40,8 @@ pub(crate) struct RawConfig {
     hooks: crate::vm::HooksConfig,
     #[serde(default)]
     nvme_controller: Vec<crate::nvme::NvmeControllerConfig>,
+    #[serde(default)]
+    nvmf_subsystem: Vec<crate::nvmf::NvmfSubsystemConfig>,
 }
 
 /// A `[[bdev]]` table with the fields of every bdev type; which ones are allowed and
@@ -170,6 +172,7 @@ impl TryFrom<RawConfig> for Config {
             vhost_blks: raw.vhost_blk,
             hooks: raw.hooks,
             nvme_controllers: raw.nvme_controller,
+            nvmf_subsystems: raw.nvmf_subsystem,
         };
         config
             .check()

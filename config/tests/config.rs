@@ -84,7 +84,51 @@ fn builtin_default() {
     assert_eq!(m.size_bytes(), 64 << 20);
     assert_eq!(m.block_size, 4096);
     assert_eq!(c.bdev("Null0").unwrap().kind(), BdevKind::Null);
+    // Malloc0 is exported over NVMe/TCP on 127.0.0.1:4420.
+    assert_eq!(c.nvmf_subsystems.len(), 1);
+    let s = &c.nvmf_subsystems[0];
+    assert_eq!(s.nqn, "nqn.2016-06.io.vmpath:cnode1");
+    assert!(s.allow_any_host);
+    assert_eq!(s.namespaces[0].bdev_name, "Malloc0");
+    assert_eq!(s.namespaces[0].nsid, Some(1));
+    assert_eq!(
+        (
+            s.listeners[0].traddr.as_str(),
+            s.listeners[0].trsvcid.as_str()
+        ),
+        ("127.0.0.1", "4420")
+    );
     c.validate("builtin").unwrap();
+}
+
+#[test]
+fn nvmf_subsystems_load_and_report_errors() {
+    let base = "[[bdev]]\ntype = \"malloc\"\nname = \"M\"\nnum_blocks = 8\nblock_size = 512\n";
+    let ok = format!(
+        "{base}[[nvmf_subsystem]]\nnqn = \"nqn.2016-06.io.vmpath:a\"\nhosts = [\"nqn.2014-08.org.nvmexpress:uuid:1\"]\n\
+         [[nvmf_subsystem.namespace]]\nbdev_name = \"M\"\nanagrpid = 3\n\
+         [[nvmf_subsystem.listener]]\ntraddr = \"127.0.0.1\"\ntrsvcid = \"4421\"\nana_state = \"inaccessible\"\n"
+    );
+    let c = Config::from_str(&ok, "t.toml").unwrap();
+    let s = &c.nvmf_subsystems[0];
+    assert_eq!(s.namespaces[0].anagrpid, Some(3));
+    assert_eq!(s.listeners[0].ana_state, "inaccessible");
+    assert_eq!(s.listeners[0].trtype, "tcp");
+    assert_eq!(
+        Config::from_str(&c.to_toml_string().unwrap(), "again").unwrap(),
+        c
+    );
+    let (key, _, msg, _) = invalid(&ok.replace("bdev_name = \"M\"", "bdev_name = \"Nope\""));
+    assert_eq!(key, "nvmf_subsystem[0].namespace[0].bdev_name");
+    assert!(msg.contains("Nope"), "{msg}");
+    let (key, _, _, _) = invalid(&ok.replace("\"4421\"", "\"99999\""));
+    assert_eq!(key, "nvmf_subsystem[0].listener[0].trsvcid");
+    let (key, _, _, _) = invalid(&format!(
+        "{ok}[[nvmf_subsystem]]\nnqn = \"nqn.2016-06.io.vmpath:a\"\n"
+    ));
+    assert_eq!(key, "nvmf_subsystem[1].nqn");
+    let (key, _, _, _) = invalid(&ok.replace("anagrpid = 3", "anagroup = 3"));
+    assert!(key.starts_with("nvmf_subsystem[0].namespace"), "{key}");
 }
 
 #[test]
