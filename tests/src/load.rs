@@ -284,7 +284,21 @@ impl VerifiedLoad {
     pub fn max_latency_between(&self, from: Instant, to: Instant) -> Duration {
         self.done
             .iter()
-            .filter(|d| d.at >= from && d.at <= to)
+            .rev()
+            .take_while(|d| d.at >= from)
+            .filter(|d| d.at <= to)
+            .map(|d| d.latency)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The largest latency of reads (`write` false) or writes completed in `[from, to]`.
+    pub fn max_latency_of(&self, from: Instant, to: Instant, write: bool) -> Duration {
+        self.done
+            .iter()
+            .rev()
+            .take_while(|d| d.at >= from)
+            .filter(|d| d.at <= to && d.write == write)
             .map(|d| d.latency)
             .max()
             .unwrap_or_default()

@@ -59,13 +59,20 @@ fn cut(f: &Fabric, i: usize, how: Cut, on: bool) {
 }
 
 /// Cuts path `i` for `down`, restores it, waits for it to come back and carry I/O. Returns
-/// the stall (largest request latency completed during the cut and recovery).
-fn cut_and_restore(r: &mut Rig, i: usize, how: Cut, down: Duration) -> Duration {
+/// the stalls (largest read and write latency completed during the cut and recovery).
+fn cut_and_restore(r: &mut Rig, i: usize, how: Cut, down: Duration) -> (Duration, Duration) {
     let path = PathId(i as u16);
     let p = r.ch.ns().path(path).unwrap();
     let t0 = Instant::now();
     cut(&r.fabric, i, how, true);
-    r.load.run_for(&mut r.ch, down);
+    let mut detected = None;
+    let until = t0 + down;
+    while Instant::now() < until {
+        r.load.step(&mut r.ch);
+        if detected.is_none() && !p.state().is_usable() {
+            detected = Some(t0.elapsed());
+        }
+    }
     assert!(
         !p.state().is_usable() || p.ctrl().unwrap().resets() > 0,
         "path {i} still usable after a {how:?} cut"
@@ -85,14 +92,31 @@ fn cut_and_restore(r: &mut Rig, i: usize, how: Cut, down: Duration) -> Duration 
         r.load.served(path) >= before + 20,
         "path {i} came back but carries no I/O"
     );
-    // Let writes that were in doubt during the cut finish (their fence is KATO + grace).
-    r.load.run_for(&mut r.ch, Duration::from_millis(200));
+    // Let writes that were in doubt during the cut finish (their fence is KATO + grace), so
+    // the next cut starts clean and each cut's stall is its own.
+    assert!(
+        r.load
+            .run_until(&mut r.ch, Duration::from_secs(10), |c| c.in_doubt() == 0),
+        "in-doubt writes never released"
+    );
+    r.load.run_for(&mut r.ch, Duration::from_millis(100));
     assert!(
         r.load.errors.is_empty(),
         "errors after {how:?} cut of path {i}: {:?}",
         &r.load.errors[..r.load.errors.len().min(5)]
     );
-    r.load.max_latency_between(t0, Instant::now())
+    let now = Instant::now();
+    let stalls = (
+        r.load.max_latency_of(t0, now, false),
+        r.load.max_latency_of(t0, now, true),
+    );
+    eprintln!(
+        "{how:?} cut of path {i}: detected after {:?}, longest read {:?}, longest write {:?}",
+        detected.unwrap_or_default(),
+        stalls.0,
+        stalls.1
+    );
+    stalls
 }
 
 fn setup() -> Option<Rig> {
@@ -146,13 +170,15 @@ fn setup() -> Option<Rig> {
 fn multipath_survives_link_cuts_firewall_drops_ana_flips_and_target_restart() {
     let Some(mut r) = setup() else { return };
     let events = r.host.subscribe(4096);
-    let mut stalls = vec![Vec::new(), Vec::new()];
+    // Per cut kind: read stalls, write stalls.
+    let mut stalls = vec![(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
     let rounds = 4;
     for round in 0..rounds {
         for (k, how) in [Cut::LinkDown, Cut::Firewall].into_iter().enumerate() {
             let i = (round + k) % 2;
-            let s = cut_and_restore(&mut r, i, how, Duration::from_millis(1200));
-            stalls[k].push(s);
+            let (rd, wr) = cut_and_restore(&mut r, i, how, Duration::from_millis(1200));
+            stalls[k].0.push(rd);
+            stalls[k].1.push(wr);
         }
     }
     // ANA flips through the target's API: all I/O moves to the other portal and back.
@@ -230,11 +256,14 @@ fn multipath_survives_link_cuts_firewall_drops_ana_flips_and_target_restart() {
     let ios = r.load.done.len();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     for (k, name) in ["link-down", "firewall-drop"].iter().enumerate() {
+        let (rd, wr) = &stalls[k];
         println!(
-            "stall per {name} cut ({} cuts): p50 {:.0} ms, p99 {:.0} ms",
-            stalls[k].len(),
-            ms(percentile(&stalls[k], 50.0)),
-            ms(percentile(&stalls[k], 99.0))
+            "stall per {name} cut ({} cuts): reads p50 {:.0} ms p99 {:.0} ms; writes p50 {:.0} ms p99 {:.0} ms",
+            rd.len(),
+            ms(percentile(rd, 50.0)),
+            ms(percentile(rd, 99.0)),
+            ms(percentile(wr, 50.0)),
+            ms(percentile(wr, 99.0))
         );
     }
     println!(
