@@ -127,7 +127,7 @@ impl VerifiedLoad {
             if self.block_busy[b as usize] {
                 continue;
             }
-            let write = self.rand() % 2 == 0;
+            let write = self.rand().is_multiple_of(2);
             let version = if write {
                 self.expected[b as usize] + 1
             } else {

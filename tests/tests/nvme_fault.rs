@@ -171,7 +171,7 @@ fn multipath_survives_link_cuts_firewall_drops_ana_flips_and_target_restart() {
     let Some(mut r) = setup() else { return };
     let events = r.host.subscribe(4096);
     // Per cut kind: read stalls, write stalls.
-    let mut stalls = vec![(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+    let mut stalls = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
     let rounds = 4;
     for round in 0..rounds {
         for (k, how) in [Cut::LinkDown, Cut::Firewall].into_iter().enumerate() {
