@@ -38,14 +38,6 @@ fn attach(host: &NvmeHost, t: &TestTarget, i: usize) {
     .unwrap();
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn initiator_against_the_project_target() {
     let t = TestTarget::start(None, &[("127.0.0.1", "0"), ("127.0.0.1", "0")], 512, None).unwrap();
