@@ -2,7 +2,7 @@
 //! every kind, two portals as two paths, ANA changes through the target's API, target kill
 //! and restart with held I/O, discovery.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nvme_paths::{AttachParams, CtrlOptions, MultipathMode, NvmeHost, PathId, PathState, Trid};
 use nvme_spec::AnaState;
