@@ -276,6 +276,15 @@ impl VolumeManager {
         Ok(ctx)
     }
 
+    /// Whether a frontend on the calling reactor should pull more requests of `vm` (false
+    /// while the VM is suspended or its hold queue here is full). True off-reactor.
+    pub fn should_pull(&self, vm: VmId) -> bool {
+        match self.installed() {
+            Some(ctx) => ctx.borrow_mut().shard.should_pull(vm),
+            None => true,
+        }
+    }
+
     fn installed(&self) -> Option<Rc<RefCell<ReactorSched>>> {
         INSTALLED.with(|m| m.borrow().get(&self.id).cloned())
     }
@@ -396,6 +405,8 @@ pub struct ReactorSched {
     /// Requests routed but refused by a full path channel, retried in order.
     retry: std::collections::VecDeque<u32>,
     released: Vec<Released>,
+    /// Completions reaped from path channels in one pass (kept to avoid an allocation).
+    done_buf: Vec<IoCompletion>,
     now: u64,
     last_poll: u64,
     inflight: usize,
@@ -422,6 +433,7 @@ impl ReactorSched {
             chans: Vec::new(),
             retry: std::collections::VecDeque::new(),
             released: Vec::with_capacity(RELEASE_BATCH),
+            done_buf: Vec::with_capacity(256),
             now: 0,
             last_poll: u64::MAX,
             inflight: 0,
@@ -507,7 +519,19 @@ impl ReactorSched {
             let p = self.reqs[idx as usize].as_mut().expect("live request");
             p.path = Some(path);
             p.issued_at = now;
-            (p.req.clone(), p.allowed)
+            // The request stays in the slab (a path refusal re-routes it); the path gets a copy
+            // tagged with the slab index. IoVecs are Copy: the list is a plain memcpy.
+            let r = &p.req;
+            (
+                IoRequest {
+                    op: r.op,
+                    offset_blocks: r.offset_blocks,
+                    num_blocks: r.num_blocks,
+                    iovs: vmpath_bdev::SgList::from_slice(&r.iovs),
+                    tag: idx as u64,
+                },
+                p.allowed,
+            )
         };
         if allowed & (1u64 << (path.index() % 64)) == 0 {
             // The VM's policy picked a path that does not reach this volume's storage.
@@ -523,8 +547,6 @@ impl ReactorSched {
             self.finish(idx, Err(IoError::NoPath));
             return;
         }
-        let mut req = req;
-        req.tag = idx as u64;
         match self.path_channel(path) {
             Ok(ch) => match ch.submit(req) {
                 Ok(()) => self.inflight += 1,
@@ -635,13 +657,14 @@ impl ReactorSched {
         self.released = released;
 
         // Reap completions of every path channel.
-        let mut done: Vec<IoCompletion> = Vec::new();
+        let mut done = std::mem::take(&mut self.done_buf);
+        done.clear();
         for ch in self.path_chans.iter_mut().flatten() {
             if ch.outstanding() > 0 {
                 ch.poll(now, &mut |c| done.push(c));
             }
         }
-        for c in done {
+        for &c in &done {
             work = true;
             self.inflight -= 1;
             let idx = c.tag as u32;
@@ -679,6 +702,7 @@ impl ReactorSched {
             }
             self.finish(idx, c.result);
         }
+        self.done_buf = done;
         PollStatus::from_work(work || self.shard.held() > 0 || self.inflight > 0)
     }
 }
