@@ -197,6 +197,41 @@ impl NvmeHost {
         Ok(())
     }
 
+    /// Changes options in place: the defaults (`name` None) or each controller of group
+    /// `name` (only the fields `f` sets change; each controller keeps its others).
+    pub fn update_options(
+        &self,
+        name: Option<&str>,
+        f: &dyn Fn(&mut CtrlOptions),
+    ) -> Result<(), HostError> {
+        match name {
+            None => {
+                let mut d = self.inner.defaults.lock().expect("defaults lock");
+                let mut o = *d;
+                f(&mut o);
+                o.validate()?;
+                *d = o;
+            }
+            Some(n) => {
+                let ctrls = self.controller(n);
+                if ctrls.is_empty() {
+                    return Err(HostError::NotFound(format!("no controller named {n}")));
+                }
+                let mut new = Vec::new();
+                for c in &ctrls {
+                    let mut o = c.options();
+                    f(&mut o);
+                    o.validate()?;
+                    new.push(o);
+                }
+                for (c, o) in ctrls.iter().zip(new) {
+                    c.set_options(o);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The policy new multipath-mode namespaces start with.
     pub fn set_default_policy(&self, p: PolicyKind) {
         *self.inner.policy.lock().expect("policy lock") = p;

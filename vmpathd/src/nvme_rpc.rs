@@ -387,69 +387,70 @@ pub fn call(state: &State, method: &str, params: Option<Value>) -> Option<Result
                 "fast_io_fail_timeout",
             )?;
             let neg = |v: i64| if v < 0 { -1 } else { v.saturating_mul(1000) };
-            let base = match &p.name {
-                Some(n) => state
-                    .nvme
-                    .controller(n)
-                    .first()
-                    .map(|c| c.options())
-                    .ok_or_else(|| RpcError::no_device(format!("no NVMe controller named {n}")))?,
-                None => state.nvme.default_options(),
+            let apply = |o: &mut CtrlOptions| {
+                if let Some(v) = p.keep_alive_timeout_ms {
+                    o.keep_alive_timeout_ms = v;
+                }
+                if let Some(v) = p.timeout_us {
+                    o.io_timeout_us = v;
+                }
+                if let Some(v) = p.timeout_admin_ms {
+                    o.admin_timeout_ms = v;
+                }
+                if let Some(v) = p.connect_timeout_ms {
+                    o.connect_timeout_ms = v;
+                }
+                if let Some(v) = p
+                    .ctrlr_loss_timeout_sec
+                    .map(neg)
+                    .or(p.ctrlr_loss_timeout_ms)
+                {
+                    o.ctrlr_loss_timeout_ms = if v < 0 { -1 } else { v };
+                }
+                if let Some(v) = p
+                    .reconnect_delay_sec
+                    .map(|s| s.saturating_mul(1000))
+                    .or(p.reconnect_delay_ms)
+                {
+                    o.reconnect_delay_ms = v;
+                }
+                if let Some(v) = p
+                    .fast_io_fail_timeout_sec
+                    .map(neg)
+                    .or(p.fast_io_fail_timeout_ms)
+                {
+                    o.fast_io_fail_timeout_ms = if v < 0 { -1 } else { v };
+                }
+                if let Some(v) = p.write_fence_grace_ms {
+                    o.write_fence_grace_ms = v;
+                }
+                if let Some(v) = p.io_queue_depth {
+                    o.io_queue_depth = v;
+                }
+                if let Some(v) = p.hdgst {
+                    o.hdgst = v;
+                }
+                if let Some(v) = p.ddgst {
+                    o.ddgst = v;
+                }
             };
-            let mut o = base;
-            if let Some(v) = p.keep_alive_timeout_ms {
-                o.keep_alive_timeout_ms = v;
-            }
-            if let Some(v) = p.timeout_us {
-                o.io_timeout_us = v;
-            }
-            if let Some(v) = p.timeout_admin_ms {
-                o.admin_timeout_ms = v;
-            }
-            if let Some(v) = p.connect_timeout_ms {
-                o.connect_timeout_ms = v;
-            }
-            if let Some(v) = p
-                .ctrlr_loss_timeout_sec
-                .map(neg)
-                .or(p.ctrlr_loss_timeout_ms)
-            {
-                o.ctrlr_loss_timeout_ms = if v < 0 { -1 } else { v };
-            }
-            if let Some(v) = p
-                .reconnect_delay_sec
-                .map(|s| s.saturating_mul(1000))
-                .or(p.reconnect_delay_ms)
-            {
-                o.reconnect_delay_ms = v;
-            }
-            if let Some(v) = p
-                .fast_io_fail_timeout_sec
-                .map(neg)
-                .or(p.fast_io_fail_timeout_ms)
-            {
-                o.fast_io_fail_timeout_ms = if v < 0 { -1 } else { v };
-            }
-            if let Some(v) = p.write_fence_grace_ms {
-                o.write_fence_grace_ms = v;
-            }
-            if let Some(v) = p.io_queue_depth {
-                o.io_queue_depth = v;
-            }
-            if let Some(v) = p.hdgst {
-                o.hdgst = v;
-            }
-            if let Some(v) = p.ddgst {
-                o.ddgst = v;
-            }
             state
                 .nvme
-                .set_options(o, p.name.as_deref())
-                .map_err(|e| RpcError::invalid_params(e.to_string()))?;
+                .update_options(p.name.as_deref(), &apply)
+                .map_err(|e| match e {
+                    nvme_paths::HostError::NotFound(_) => RpcError::no_device(e.to_string()),
+                    _ => RpcError::invalid_params(e.to_string()),
+                })?;
             if let Some(n) = &p.name {
+                let ctrls = state.nvme.controller(n);
                 let mut cfg = state.config.lock().expect("config lock");
                 for c in cfg.nvme_controllers.iter_mut().filter(|c| c.name == *n) {
-                    *c = effective_config(c, &o);
+                    if let Some(ctrl) = ctrls.iter().find(|x| {
+                        let t = x.trid();
+                        t.traddr == c.traddr && t.trsvcid == c.trsvcid && t.subnqn == c.subnqn
+                    }) {
+                        *c = effective_config(c, &ctrl.options());
+                    }
                 }
             }
             Ok(Value::Bool(true))
