@@ -37,6 +37,7 @@ fn nvme_rpcs_attach_list_save_and_detach() {
             rpc_socket: Some(sock.clone()),
             no_pin: true,
             vhost_socket_dir: Some(dir.path().to_path_buf()),
+            ..DaemonOptions::default()
         },
     )
     .unwrap();
