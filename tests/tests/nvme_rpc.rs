@@ -30,17 +30,12 @@ fn nvme_rpcs_attach_list_save_and_detach() {
         t.portals[0].1
     );
     let config = Config::from_str(&text, "test.toml").unwrap();
-    let d = Daemon::start(
-        config,
-        DaemonOptions {
-            cores: Some(vec![first_core()]),
-            rpc_socket: Some(sock.clone()),
-            no_pin: true,
-            vhost_socket_dir: Some(dir.path().to_path_buf()),
-            ..DaemonOptions::default()
-        },
-    )
-    .unwrap();
+    let mut opts = DaemonOptions::default();
+    opts.cores = Some(vec![first_core()]);
+    opts.rpc_socket = Some(sock.clone());
+    opts.no_pin = true;
+    opts.vhost_socket_dir = Some(dir.path().to_path_buf());
+    let d = Daemon::start(config, opts).unwrap();
     let mut c = RpcClient::connect(&sock).unwrap();
     let bdevs = c
         .call("bdev_get_bdevs", Some(json!({"name": "Nvme0n1"})))
