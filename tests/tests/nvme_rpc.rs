@@ -30,6 +30,8 @@ fn nvme_rpcs_attach_list_save_and_detach() {
         t.portals[0].1
     );
     let config = Config::from_str(&text, "test.toml").unwrap();
+    // By field: DaemonOptions grows as other subsystems add flags.
+    #[allow(clippy::field_reassign_with_default)]
     let mut opts = DaemonOptions::default();
     opts.cores = Some(vec![first_core()]);
     opts.rpc_socket = Some(sock.clone());
