@@ -227,6 +227,10 @@ impl NvmfListenerConfig {
 
     /// True if both name the same portal.
     pub fn same_portal(&self, o: &NvmfListenerConfig) -> bool {
+        if self.trsvcid == "0" || o.trsvcid == "0" {
+            // A kernel-chosen port is a distinct portal.
+            return false;
+        }
         let a: Option<IpAddr> = self.traddr.parse().ok();
         let b: Option<IpAddr> = o.traddr.parse().ok();
         a == b && self.trsvcid.parse::<u16>().ok() == o.trsvcid.parse::<u16>().ok()

@@ -54,6 +54,8 @@ pub struct DaemonOptions {
     pub no_pin: bool,
     /// Directory of vhost-user sockets (`-S`), replacing `[vhost] socket_dir`.
     pub vhost_socket_dir: Option<PathBuf>,
+    /// TCP port of every NVMe/TCP listener (`--nvmf-port`; 0 = a free port each).
+    pub nvmf_port: Option<u16>,
 }
 
 /// State shared by the RPC handler and the daemon.
@@ -73,6 +75,8 @@ pub struct State {
     pub nvme: nvme_paths::NvmeHost,
     /// vhost-user-blk controllers by name.
     pub vhost: crate::vhost_rpc::Controllers,
+    /// The NVMe-over-TCP target (exported subsystems).
+    pub nvmf: Arc<nvmf_target::Target>,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -110,6 +114,15 @@ impl Daemon {
         }
         if let Some(dir) = &opts.vhost_socket_dir {
             config.vhost.socket_dir = dir.clone();
+        }
+        if let Some(port) = opts.nvmf_port {
+            for l in config
+                .nvmf_subsystems
+                .iter_mut()
+                .flat_map(|s| s.listeners.iter_mut())
+            {
+                l.trsvcid = port.to_string();
+            }
         }
         config.validate("command line")?;
         let cores =
@@ -171,6 +184,8 @@ impl Daemon {
             volumes,
             nvme: nvme_paths::NvmeHost::new(None),
             vhost: Default::default(),
+            nvmf: crate::nvmf_rpc::new_target(runtime.handles().to_vec())
+                .map_err(DaemonError::Setup)?,
             started: Instant::now(),
         });
         crate::nvme_rpc::forward_events(&state);
@@ -181,6 +196,7 @@ impl Daemon {
                 DaemonError::Setup(format!("vhost_blk[{i}] ({}): {}", c.name, e.message))
             })?;
         }
+        crate::nvmf_rpc::start_configured(&state).map_err(DaemonError::Setup)?;
         let pump_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pump = {
             let (st, stop) = (state.clone(), pump_stop.clone());
@@ -233,6 +249,7 @@ impl Daemon {
         }
         // Frontends first: their in-flight I/O completes, then nothing new arrives.
         crate::vhost_rpc::stop_all(&self.state);
+        crate::nvmf_rpc::stop(&self.state);
         if let Some((t, stop)) = self.pump.take() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = t.join();

@@ -14,6 +14,7 @@
 pub mod bdevs;
 pub mod daemon;
 pub mod nvme_rpc;
+pub mod nvmf_rpc;
 pub mod rpc;
 pub mod vhost_rpc;
 pub mod vm_rpc;

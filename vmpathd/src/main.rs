@@ -37,6 +37,11 @@ struct Args {
     #[arg(short = 'S', long = "vhost-socket-dir", value_name = "DIR")]
     vhost_socket_dir: Option<PathBuf>,
 
+    /// TCP port for every NVMe/TCP listener of the config (0 = a free port each; see
+    /// `nvmf_get_subsystems`). Overrides the configured `trsvcid`s.
+    #[arg(long = "nvmf-port", value_name = "PORT")]
+    nvmf_port: Option<u16>,
+
     /// Log filter (tracing EnvFilter syntax, e.g. `info`, `vmpathd=debug`); RUST_LOG wins.
     #[arg(long, default_value = "info")]
     log: String,
@@ -87,6 +92,7 @@ fn main() -> anyhow::Result<()> {
             rpc_socket: args.rpc_socket.clone(),
             no_pin: false,
             vhost_socket_dir: args.vhost_socket_dir.clone(),
+            nvmf_port: args.nvmf_port,
         },
     )?;
     eprintln!(

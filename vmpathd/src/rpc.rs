@@ -112,6 +112,12 @@ impl Handler {
 
     fn delete_bdev(&self, params: Option<Value>) -> Result<Value, RpcError> {
         let p: NameParam = parse_params(params)?;
+        if let Some(s) = crate::nvmf_rpc::bdev_in_use(&self.state, &p.name) {
+            return Err(RpcError::busy(format!(
+                "bdev {} is exported by NVMe-oF subsystem {s}; remove the namespace first",
+                p.name
+            )));
+        }
         if let Some(c) = crate::vhost_rpc::bdev_in_use(&self.state, &p.name) {
             return Err(RpcError::busy(format!(
                 "bdev {} is used by vhost controller {c}; delete the controller first",
@@ -256,6 +262,8 @@ impl RpcHandler for Handler {
             "save_config" => self.save_config(params),
             m if m.starts_with("bdev_nvme_") => crate::nvme_rpc::call(&self.state, m, params)
                 .unwrap_or_else(|| Err(RpcError::method_not_found(m))),
+            m if m.starts_with("nvmf_") => crate::nvmf_rpc::call(&self.state, m, params)
+                .unwrap_or_else(|| Err(RpcError::method_not_found(m))),
             other => crate::vm_rpc::call(&self.state, other, params.clone())
                 .or_else(|| crate::vhost_rpc::call(&self.state, other, params))
                 .unwrap_or_else(|| Err(RpcError::method_not_found(other))),
@@ -268,6 +276,7 @@ impl RpcHandler for Handler {
             .chain(crate::vm_rpc::METHODS)
             .chain(crate::vhost_rpc::METHODS)
             .chain(crate::nvme_rpc::METHODS)
+            .chain(crate::nvmf_rpc::METHODS)
             .map(|s| s.to_string())
             .collect()
     }

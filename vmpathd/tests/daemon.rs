@@ -35,7 +35,9 @@ impl Vmpathd {
             .arg("-m")
             .arg(first_core())
             .arg("-S")
-            .arg(dir.path());
+            .arg(dir.path())
+            .arg("--nvmf-port")
+            .arg("0");
         if let Some(text) = config {
             let path = dir.path().join("vmpath.toml");
             std::fs::write(&path, text).unwrap();
@@ -373,6 +375,8 @@ fn second_daemon_on_the_same_socket_is_refused() {
         .arg(first_core())
         .arg("-S")
         .arg(d._dir.path())
+        .arg("--nvmf-port")
+        .arg("0")
         .output()
         .unwrap();
     assert!(!out.status.success());

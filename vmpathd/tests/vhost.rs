@@ -29,6 +29,8 @@ impl Vmpathd {
             .arg(&sock)
             .arg("-S")
             .arg(dir.path())
+            .arg("--nvmf-port")
+            .arg("0")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
