@@ -115,8 +115,8 @@ fn run(ch: &mut MultipathChannel, rw: Rw, qd: usize, blocks: u64, secs: f64) -> 
         ))
     };
     // Warm up: fill the queue.
-    for s in 0..qd {
-        started[s] = vmpath_runtime::now_ns();
+    for (s, t) in started.iter_mut().enumerate() {
+        *t = vmpath_runtime::now_ns();
         submit(ch, &mut bufs, &mut rng, s).map_err(|e| anyhow!("submit: {:?}", e.reason))?;
     }
     let t0 = Instant::now();
