@@ -550,6 +550,8 @@ impl Shard {
                 (sv != NO_PATH && usable & bit(sv as usize) != 0).then_some(sv as usize)
             }
             Sel::RoundRobin => Some(self.rr_select(i, tier)),
+            // vm-weighted keeps its placement (re-evaluated every VW_REBALANCE dispatches).
+            Sel::Weighted => self.pick(i, tier, false),
             _ if p.affinity == 0 => Some(ANY),
             _ => self.pick(i, tier, false),
         }
@@ -873,6 +875,7 @@ impl Shard {
                 }
                 self.rr_select(i, tier)
             }
+            Sel::Weighted => self.pick(i, tier, false)?,
             _ => self.pick(i, tier, true)?,
         };
         if !self.s.paths[path].has_room() {
@@ -1387,31 +1390,5 @@ impl Shard {
         }
         self.held = 0;
         out.len() - first
-    }
-}
-
-#[cfg(test)]
-impl Shard {
-    pub(crate) fn debug_vm(&self, i: usize) -> String {
-        let l = &self.vms[i];
-        let t = &self.s.vms[i].tags;
-        format!(
-            "st={:?} target={} q={} start={} has_start={} L={} P={} vloc={} vglob={} pending_mask={:#x} held={} pub=({},{}) contended={:#x} gated={}",
-            l.st,
-            l.target,
-            l.queue.len(),
-            l.start,
-            l.has_start,
-            t.l_io.load(Relaxed),
-            t.p.load(Relaxed),
-            self.v_local[1],
-            self.v_floor[1].unwrap_or(0),
-            self.pending_mask,
-            self.held,
-            self.s.shards[self.me].pub_class[0].load(Relaxed),
-            self.s.shards[self.me].pub_key[0].load(Relaxed),
-            self.s.shards[self.me].contended.0.load(Relaxed),
-            self.gated,
-        )
     }
 }

@@ -238,6 +238,8 @@ pub struct Sim {
     events: Vec<PathEvent>,
     next_event: usize,
     arrivals: BinaryHeap<Reverse<(u64, usize)>>,
+    /// Closed-loop guests resubmit a failed request after a pause: (time, vm, ring).
+    retries: BinaryHeap<Reverse<(u64, usize, usize)>>,
     pull_list: Vec<usize>,
     in_pull: Vec<bool>,
     now: u64,
@@ -253,6 +255,7 @@ pub struct Sim {
 }
 
 const TOKEN_SHIFT: u32 = 40;
+const RETRY_NS: u64 = 1_000_000;
 
 impl Sim {
     /// Builds the scheduler, paths, VMs and reactors.
@@ -320,6 +323,7 @@ impl Sim {
             events,
             next_event: 0,
             arrivals,
+            retries: BinaryHeap::new(),
             pull_list: Vec::new(),
             now: 0,
             next_tick: cfg.tick_ns,
@@ -448,6 +452,9 @@ impl Sim {
             if let Some(Reverse((a, _))) = self.arrivals.peek() {
                 t = t.min(*a);
             }
+            if let Some(Reverse((a, _, _))) = self.retries.peek() {
+                t = t.min(*a);
+            }
         }
         if let Some(e) = self.events.get(self.next_event) {
             t = t.min(e.at_ns);
@@ -465,9 +472,16 @@ impl Sim {
 
     /// Runs until simulated time `end`.
     pub fn run_until(&mut self, end: u64) {
+        let mut same = 0u32;
         loop {
             let t = self.next_time();
             if t > end {
+                self.now = end;
+                return;
+            }
+            same = if t == self.now { same + 1 } else { 0 };
+            if same > 100_000 {
+                self.violation(format!("no progress at t={t}: stopping"));
                 self.now = end;
                 return;
             }
@@ -533,6 +547,15 @@ impl Sim {
                 }
             }
         }
+        while let Some(&Reverse((t, v, ring))) = self.retries.peek() {
+            if t > now || self.stopped {
+                break;
+            }
+            self.retries.pop();
+            if now < self.vms[v].cfg.stop_ns {
+                self.generate(v, ring);
+            }
+        }
         self.pull();
         for _round in 0..8 {
             let mut progress = 0;
@@ -580,7 +603,12 @@ impl Sim {
         vm.outstanding[ring] -= 1;
         if let Load::Closed { .. } = vm.cfg.load {
             if !self.stopped && self.now < vm.cfg.stop_ns {
-                self.generate(v, ring);
+                if status == COMPLETED {
+                    self.generate(v, ring);
+                } else {
+                    // A guest that got an error retries a millisecond later.
+                    self.retries.push(Reverse((self.now + RETRY_NS, v, ring)));
+                }
             }
         }
     }
