@@ -110,3 +110,35 @@ fn discovery_through_the_project_target() {
         "{entries:?}"
     );
 }
+
+#[test]
+fn header_and_data_digests_against_the_project_target() {
+    let t = TestTarget::start(None, &[("127.0.0.1", "0")], 256, None).unwrap();
+    let host = NvmeHost::new(None);
+    let (a, p) = &t.portals[0];
+    host.attach_controller(&AttachParams {
+        name: "Nvme0".into(),
+        trid: Trid::tcp(a, p, NQN),
+        hostnqn: None,
+        multipath: MultipathMode::Multipath,
+        opts: CtrlOptions {
+            hdgst: true,
+            ddgst: true,
+            ..opts()
+        },
+    })
+    .unwrap();
+    let ns = host.namespace("Nvme0n1").unwrap();
+    let mut ch = ns.open_mp_channel().unwrap();
+    let mut load = VerifiedLoad::new(128, 8);
+    assert!(load.run_until(&mut ch, Duration::from_secs(5), |c| c.path_ready(PathId(0))));
+    load.run_for(&mut ch, Duration::from_millis(300));
+    assert!(load.drain(&mut ch, Duration::from_secs(5)));
+    assert_eq!(load.verify_all(&mut ch, Duration::from_secs(10)), 0);
+    assert!(
+        load.errors.is_empty(),
+        "{:?}",
+        &load.errors[..load.errors.len().min(5)]
+    );
+    assert!(load.done.len() > 100);
+}
