@@ -21,6 +21,7 @@ fn first_core() -> usize {
 }
 
 #[test]
+#[allow(clippy::field_reassign_with_default)] // DaemonOptions grows as subsystems add flags.
 fn nvme_rpcs_attach_list_save_and_detach() {
     let t = TestTarget::start(None, &[("127.0.0.1", "0"), ("127.0.0.1", "0")], 256, None).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -31,7 +32,6 @@ fn nvme_rpcs_attach_list_save_and_detach() {
     );
     let config = Config::from_str(&text, "test.toml").unwrap();
     // By field: DaemonOptions grows as other subsystems add flags.
-    #[allow(clippy::field_reassign_with_default)]
     let mut opts = DaemonOptions::default();
     opts.cores = Some(vec![first_core()]);
     opts.rpc_socket = Some(sock.clone());
