@@ -1,0 +1,571 @@
+//! `nvmf_bench`: the NVMe/TCP target on one pinned reactor against a load generator on
+//! another core, compared with a minimal loopback TCP echo server that moves the same bytes.
+//!
+//! For each backend (null, malloc namespaces, 4 KiB blocks) × pattern (4 KiB random read /
+//! write) × queue depth it runs a closed loop over one NVMe/TCP I/O queue and reports IOPS
+//! (the target has one core, so this is IOPS per target core), p50 / p99 latency and the
+//! target reactor's busy share; then the same load — identical request bytes, responses
+//! of the same size (C2HData header + 4 KiB for reads, a CapsuleResp for writes) — against
+//! an echo server pinned to the same core: the ceiling of loopback TCP on this machine. The
+//! ratio target / echo is the figure of merit (goal >= 70%).
+//!
+//! The load generator speaks the protocol with the shared codec (`nvme-tcp`): SQ flow
+//! control disabled, so reads complete with the C2HData SUCCESS flag; writes carry their
+//! 4 KiB in the capsule.
+//!
+//! ```text
+//! cargo run --release -p vmpath-bench --bin nvmf_bench
+//! target/release/nvmf_bench --backend null --rw randread --qd 32 --secs 5
+//! ```
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use nvme_spec::sqe::SglDescriptor;
+use nvme_spec::NvmOpcode;
+use nvme_tcp::{Decoder, Encoder, Event, Pdu, Session};
+use nvmf_target::testing::{rw_sqe, Host, InitiatorOptions};
+use nvmf_target::{ListenAddr, NamespaceParams, SubsystemParams, Target, TargetOptions};
+use vmpath_bdev::malloc::MallocBdev;
+use vmpath_bdev::null::NullBdev;
+use vmpath_bdev::BlockDevice;
+use vmpath_bench::latency::{LatencyHist, Percentiles};
+use vmpath_bench::report::{micros, thousands, Table};
+use vmpath_bench::rng::Rng;
+use vmpath_runtime::{ReactorHandle, Runtime, RuntimeConfig};
+
+const NQN: &str = "nqn.2016-06.io.vmpath:bench";
+const BS: u32 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Null,
+    Malloc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Rw {
+    Randread,
+    Randwrite,
+}
+
+/// NVMe/TCP target benchmark against a loopback TCP echo ceiling.
+#[derive(Debug, Parser)]
+#[command(name = "nvmf_bench", version)]
+struct Args {
+    /// Backends (namespaces), comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Backend::Null, Backend::Malloc])]
+    backend: Vec<Backend>,
+    /// Access patterns, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Rw::Randread, Rw::Randwrite])]
+    rw: Vec<Rw>,
+    /// Queue depths, comma-separated (at most 127).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32, 127])]
+    qd: Vec<usize>,
+    /// Measured seconds per combination.
+    #[arg(long, default_value_t = 2.0)]
+    secs: f64,
+    /// Warm-up per combination, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    warmup_ms: u64,
+    /// Core of the target reactor (and of the echo server).
+    #[arg(long, default_value_t = 0)]
+    target_core: usize,
+    /// Core of the load generator.
+    #[arg(long, default_value_t = 1)]
+    load_core: usize,
+    /// Skip the echo ceiling.
+    #[arg(long)]
+    no_echo: bool,
+}
+
+/// Result of one closed-loop run.
+struct RunResult {
+    iops: f64,
+    lat: Percentiles,
+}
+
+/// A closed-loop load over one connection. `echo` mode counts fixed-size responses in
+/// order instead of decoding PDUs.
+struct Load {
+    stream: TcpStream,
+    enc: Encoder,
+    dec: Decoder,
+    rw: Rw,
+    qd: usize,
+    nsid: u32,
+    blocks: u64,
+    rng: Rng,
+    out: Vec<u8>,
+    rx: Vec<u8>,
+    data: Vec<u8>,
+    submitted_at: Vec<u64>,
+    echo_fifo: VecDeque<u64>,
+    echo_resp: usize,
+    echo_have: usize,
+    hist: LatencyHist,
+    done: u64,
+}
+
+fn now_ns(origin: Instant) -> u64 {
+    origin.elapsed().as_nanos() as u64
+}
+
+impl Load {
+    fn queue(&mut self, cid: u16, t: u64) {
+        let lba = self.rng.below(self.blocks);
+        let (op, write) = match self.rw {
+            Rw::Randread => (NvmOpcode::Read, false),
+            Rw::Randwrite => (NvmOpcode::Write, true),
+        };
+        let mut sqe = rw_sqe(op, self.nsid, lba, 1);
+        sqe.set_cid(cid);
+        let n = self.out.len();
+        if write {
+            sqe.set_sgl1(SglDescriptor::in_capsule(0, BS));
+            self.out.resize(n + 128, 0);
+            let h = self
+                .enc
+                .capsule_cmd(&sqe, BS, &mut self.out[n..])
+                .expect("capsule header fits");
+            self.out.truncate(n + h);
+            self.out.extend_from_slice(&self.data);
+        } else {
+            sqe.set_sgl1(SglDescriptor::transport(BS));
+            self.out.resize(n + 128, 0);
+            let h = self
+                .enc
+                .capsule_cmd(&sqe, 0, &mut self.out[n..])
+                .expect("capsule header fits");
+            self.out.truncate(n + h);
+        }
+        if self.echo_resp > 0 {
+            self.echo_fifo.push_back(t);
+        } else {
+            self.submitted_at[cid as usize] = t;
+        }
+    }
+
+    fn send(&mut self) -> Result<()> {
+        let mut off = 0;
+        while off < self.out.len() {
+            match self.stream.write(&self.out[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Runs until `deadline` (measuring only after `measure_from`); returns the result.
+    fn run(&mut self, origin: Instant, measure_from: u64, deadline: u64) -> Result<RunResult> {
+        let t = now_ns(origin);
+        for cid in 0..self.qd as u16 {
+            self.queue(cid, t);
+        }
+        self.send()?;
+        let mut measured_done = 0u64;
+        let mut measuring = false;
+        let mut t_measure_start = 0;
+        let mut completions: Vec<u16> = Vec::with_capacity(self.qd);
+        loop {
+            let n = match self.stream.read(&mut self.rx) {
+                Ok(0) => bail!("target closed the connection"),
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let t = now_ns(origin);
+            completions.clear();
+            if self.echo_resp > 0 {
+                self.echo_have += n;
+                while self.echo_have >= self.echo_resp {
+                    self.echo_have -= self.echo_resp;
+                    let s = self
+                        .echo_fifo
+                        .pop_front()
+                        .context("echo reply without request")?;
+                    if measuring {
+                        self.hist.record(t - s);
+                    }
+                    completions.push(0);
+                }
+            } else {
+                let mut pos = 0;
+                let mut success_cid: Option<u16> = None;
+                loop {
+                    let step = self.dec.next(&self.rx[pos..n])?;
+                    pos += step.consumed;
+                    match step.event {
+                        None => break,
+                        Some(Event::Header {
+                            pdu: Pdu::CapsuleResp(r),
+                            ..
+                        }) => {
+                            let cid = r.cqe.cid();
+                            if !r.cqe.status().is_success() {
+                                bail!("I/O failed: {:?}", r.cqe.status());
+                            }
+                            completions.push(cid);
+                        }
+                        Some(Event::Header {
+                            pdu: Pdu::C2HData(d),
+                            ..
+                        }) => {
+                            if d.success {
+                                success_cid = Some(d.cccid);
+                            }
+                        }
+                        Some(Event::DataEnd) => {
+                            if let Some(c) = success_cid.take() {
+                                completions.push(c);
+                            }
+                        }
+                        Some(Event::Header { pdu, .. }) => bail!("unexpected PDU {pdu:?}"),
+                        Some(Event::Data { .. }) => {}
+                        Some(Event::DataDigestError { .. }) => bail!("data digest error"),
+                    }
+                }
+                if measuring {
+                    for &c in &completions {
+                        self.hist.record(t - self.submitted_at[c as usize]);
+                    }
+                }
+            }
+            if !measuring && t >= measure_from {
+                measuring = true;
+                t_measure_start = t;
+            } else if measuring {
+                measured_done += completions.len() as u64;
+            }
+            if t >= deadline {
+                // Drain: stop submitting; the connection is dropped after this run.
+                let secs = (t - t_measure_start) as f64 / 1e9;
+                self.done += measured_done;
+                return Ok(RunResult {
+                    iops: measured_done as f64 / secs.max(1e-9),
+                    lat: self.hist.percentiles(),
+                });
+            }
+            for i in 0..completions.len() {
+                let cid = completions[i];
+                self.queue(cid, t);
+            }
+            self.send()?;
+        }
+    }
+}
+
+struct TargetSide {
+    runtime: Runtime,
+    target: Target,
+    addr: SocketAddr,
+    reactor: ReactorHandle,
+}
+
+fn start_target(core: usize) -> Result<TargetSide> {
+    let runtime = Runtime::start(RuntimeConfig {
+        cores: Some(vec![core]),
+        idle_sleep_ns: u64::MAX,
+        pin: true,
+        ..RuntimeConfig::default()
+    })?;
+    let reactor = runtime.handles()[0].clone();
+    let target = Target::new(TargetOptions::default(), runtime.handles().to_vec())?;
+    target.create_subsystem(SubsystemParams {
+        nqn: NQN.into(),
+        serial: "BENCH".into(),
+        model: "vmpath bench".into(),
+        allow_any_host: true,
+        hosts: vec![],
+    })?;
+    let null: Arc<dyn BlockDevice> =
+        Arc::new(NullBdev::new("Null0", 1 << 18, BS, Default::default())?);
+    let malloc: Arc<dyn BlockDevice> =
+        Arc::new(MallocBdev::new("Malloc0", 1 << 16, BS, Default::default())?);
+    target.add_namespace(
+        NQN,
+        NamespaceParams {
+            bdev: null,
+            nsid: Some(1),
+            anagrpid: None,
+        },
+    )?;
+    target.add_namespace(
+        NQN,
+        NamespaceParams {
+            bdev: malloc,
+            nsid: Some(2),
+            anagrpid: None,
+        },
+    )?;
+    let l = target.add_listener(
+        NQN,
+        &ListenAddr::new("127.0.0.1", "0"),
+        nvme_spec::AnaState::Optimized,
+    )?;
+    let addr = l.socket_addr()?;
+    Ok(TargetSide {
+        runtime,
+        target,
+        addr,
+        reactor,
+    })
+}
+
+fn busy_share(before: vmpath_runtime::ReactorStats, after: vmpath_runtime::ReactorStats) -> f64 {
+    let b = after.busy_ticks.saturating_sub(before.busy_ticks) as f64;
+    let i = after.idle_ticks.saturating_sub(before.idle_ticks) as f64;
+    if b + i == 0.0 {
+        0.0
+    } else {
+        100.0 * b / (b + i)
+    }
+}
+
+fn run_target(
+    args: &Args,
+    t: &TargetSide,
+    backend: Backend,
+    rw: Rw,
+    qd: usize,
+) -> Result<(RunResult, f64)> {
+    let o = InitiatorOptions {
+        queue_entries: (qd as u16 + 1).max(2),
+        disable_sqflow: true,
+        timeout: Duration::from_secs(10),
+        ..InitiatorOptions::default()
+    };
+    let mut host = Host::connect(t.addr, NQN, &o, 1).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let io = host.io.pop().context("no I/O queue")?;
+    let (stream, session, dec) = io.into_parts().map_err(|e| anyhow::anyhow!("{e}"))?;
+    stream.set_nonblocking(true)?;
+    let (nsid, blocks) = match backend {
+        Backend::Null => (1, 1u64 << 18),
+        Backend::Malloc => (2, 1u64 << 16),
+    };
+    let mut load = new_load(stream, session, dec, rw, qd, nsid, blocks, 0);
+    let origin = Instant::now();
+    let warm = args.warmup_ms * 1_000_000;
+    let end = warm + (args.secs * 1e9) as u64;
+    let before = t.reactor.stats();
+    let r = load.run(origin, warm, end)?;
+    let after = t.reactor.stats();
+    drop(load);
+    drop(host);
+    Ok((r, busy_share(before, after)))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_load(
+    stream: TcpStream,
+    session: Session,
+    dec: Decoder,
+    rw: Rw,
+    qd: usize,
+    nsid: u32,
+    blocks: u64,
+    echo_resp: usize,
+) -> Load {
+    Load {
+        stream,
+        enc: Encoder::new(session),
+        dec,
+        rw,
+        qd,
+        nsid,
+        blocks,
+        rng: Rng::new(0x5eed + qd as u64),
+        out: Vec::with_capacity(qd * (4096 + 128)),
+        rx: vec![0; 1 << 20],
+        data: vec![0xa5; BS as usize],
+        submitted_at: vec![0; qd.max(1)],
+        echo_fifo: VecDeque::with_capacity(qd),
+        echo_resp,
+        echo_have: 0,
+        hist: LatencyHist::new(),
+        done: 0,
+    }
+}
+
+/// The echo ceiling: a server pinned to the target core that answers every fixed-size
+/// request with a fixed-size reply, in one `write` per `read`.
+fn run_echo(args: &Args, rw: Rw, qd: usize) -> Result<RunResult> {
+    let (_, resp) = echo_sizes(rw);
+    let (addr, stop, server) = start_echo(args, rw)?;
+    let r = on_load_core(args, || {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        let mut load = new_load(
+            stream,
+            Session::default(),
+            Decoder::new(nvme_tcp::DecoderConfig::host()),
+            rw,
+            qd,
+            1,
+            1 << 18,
+            resp,
+        );
+        let origin = Instant::now();
+        let warm = args.warmup_ms * 1_000_000;
+        let end = warm + (args.secs * 1e9) as u64;
+        load.run(origin, warm, end)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    r
+}
+
+/// Request and reply sizes of the echo ceiling: a CapsuleCmd (with 4 KiB in-capsule data
+/// for writes) in, a C2HData header + 4 KiB (reads) or a CapsuleResp (writes) out.
+fn echo_sizes(rw: Rw) -> (usize, usize) {
+    match rw {
+        Rw::Randread => (72usize, 24 + BS as usize),
+        Rw::Randwrite => (72 + BS as usize, 24usize),
+    }
+}
+
+/// Starts the echo server thread (from the unpinned main thread, so it can be pinned to
+/// the target core).
+#[allow(clippy::type_complexity)]
+fn start_echo(
+    args: &Args,
+    rw: Rw,
+) -> Result<(
+    SocketAddr,
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<Result<()>>,
+)> {
+    let (req, resp) = match rw {
+        Rw::Randread => (72usize, 24 + BS as usize),
+        Rw::Randwrite => (72 + BS as usize, 24usize),
+    };
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let core = args.target_core;
+    let server = std::thread::spawn(move || -> Result<()> {
+        let _ = vmpath_bench::cpu::pin_current_thread(Some(core));
+        let (mut s, _) = l.accept()?;
+        s.set_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        let reply = vec![0x5au8; resp * 256];
+        let mut buf = vec![0u8; 1 << 20];
+        let mut have = 0usize;
+        while !stop2.load(Ordering::Relaxed) {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    have += n;
+                    let mut full = have / req;
+                    have %= req;
+                    while full > 0 {
+                        let k = full.min(256);
+                        let mut off = 0;
+                        while off < k * resp {
+                            match s.write(&reply[off..k * resp]) {
+                                Ok(m) => off += m,
+                                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                                    std::hint::spin_loop()
+                                }
+                                Err(_) => return Ok(()),
+                            }
+                        }
+                        full -= k;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(_) => return Ok(()),
+            }
+        }
+        Ok(())
+    });
+    Ok((addr, stop, server))
+}
+
+/// Runs `f` on a thread pinned to the load-generator core (the main thread stays unpinned
+/// so the target and echo threads can be pinned elsewhere).
+fn on_load_core<T: Send>(args: &Args, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            vmpath_bench::cpu::pin_current_thread(Some(args.load_core))
+                .context("pinning the load generator")?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("load generator panicked"))?
+    })
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.qd.iter().any(|&q| q == 0 || q > 127) {
+        bail!("--qd values must be 1..=127 (the target's queues have 128 entries, one is kept for Connect)");
+    }
+    println!(
+        "nvmf_bench: target reactor on core {}, load generator on core {}, 4 KiB I/O, {} s per run",
+        args.target_core, args.load_core, args.secs
+    );
+    // The echo ceilings first, while nothing else runs on the target core.
+    let mut echo: Vec<((Rw, usize), RunResult)> = Vec::new();
+    if !args.no_echo {
+        for &rw in &args.rw {
+            for &qd in &args.qd {
+                echo.push(((rw, qd), run_echo(&args, rw, qd)?));
+            }
+        }
+    }
+    let t = start_target(args.target_core)?;
+    let mut table = Table::new(&[
+        ("backend", false),
+        ("rw", false),
+        ("qd", true),
+        ("IOPS/core", true),
+        ("p50", true),
+        ("p99", true),
+        ("busy%", true),
+        ("echo IOPS", true),
+        ("echo p50", true),
+        ("echo p99", true),
+        ("ratio", true),
+    ]);
+    for &backend in &args.backend {
+        for &rw in &args.rw {
+            for &qd in &args.qd {
+                let (r, busy) = on_load_core(&args, || run_target(&args, &t, backend, rw, qd))?;
+                let e = echo.iter().find(|(k, _)| *k == (rw, qd)).map(|(_, e)| e);
+                table.push(vec![
+                    format!("{backend:?}").to_lowercase(),
+                    format!("{rw:?}").to_lowercase(),
+                    qd.to_string(),
+                    thousands(r.iops as u64),
+                    micros(r.lat.p50_us),
+                    micros(r.lat.p99_us),
+                    format!("{busy:.0}"),
+                    e.map(|e| thousands(e.iops as u64)).unwrap_or_default(),
+                    e.map(|e| micros(e.lat.p50_us)).unwrap_or_default(),
+                    e.map(|e| micros(e.lat.p99_us)).unwrap_or_default(),
+                    e.map(|e| format!("{:.0}%", 100.0 * r.iops / e.iops))
+                        .unwrap_or_default(),
+                ]);
+            }
+        }
+    }
+    print!("{}", table.render());
+    t.target.shutdown(Duration::from_secs(5));
+    t.runtime.shutdown();
+    Ok(())
+}
