@@ -1,1 +1,358 @@
-fn main() {}
+//! Scheduler benchmark (issue 5, "Benchmark").
+//!
+//! ```text
+//! cargo run --release -p scheduler --example sched_bench               # ns/request + fairness
+//! cargo run --release -p scheduler --example sched_bench -- time
+//! cargo run --release -p scheduler --example sched_bench -- fairness
+//! # instructions per request (fixed iteration count, only the measured loop is counted):
+//! valgrind --tool=callgrind --toggle-collect='*run_requests*' \
+//!     target/release/examples/sched_bench count <fast|qos|saturated> <vms> <iters>
+//! # then: instructions/request = "Collected" Ir / iters (printed by callgrind)
+//! ```
+//!
+//! Scenarios, all with 2 reactor shards driven from one thread (so the count is exact),
+//! each VM's requests alternating between the two shards, 4 KiB requests:
+//! * `fast`: paths never full, no limits: every request is routed at once
+//!   (enqueue → route, complete; one poll per 8 requests).
+//! * `qos`: as `fast`, but every VM has a reservation and a limit (not binding), so each
+//!   request also claims the limit tags (CAS) — the realistic QoS case.
+//! * `saturated`: 2 paths with queue depth 32 each and 2 requests outstanding per VM:
+//!   requests are held and released by `poll` in share order (enqueue → held, poll →
+//!   released from the bucket queues, complete).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use scheduler::sim::{expected_shares, Load, Sim, SimConfig, SimPath, SimVm};
+use scheduler::{
+    Decision, Outcome, PathId, PathSpec, PriorityClass, RateSpec, Released, Scheduler,
+    SchedulerConfig, SelectorSpec, Shard, VmId, VmSpec,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Scenario {
+    Fast,
+    Qos,
+    Saturated,
+}
+
+impl Scenario {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "fast" => Some(Scenario::Fast),
+            "qos" => Some(Scenario::Qos),
+            "saturated" => Some(Scenario::Saturated),
+            _ => None,
+        }
+    }
+}
+
+struct Bench {
+    shards: Vec<Shard>,
+    vms: Vec<VmId>,
+    /// Per shard: in-flight (vm, path, bytes) in issue order.
+    inflight: Vec<std::collections::VecDeque<(VmId, PathId)>>,
+    out: Vec<Released>,
+    /// In-flight requests per shard before the oldest is completed.
+    depth: usize,
+    /// Held requests per shard the saturated scenario keeps.
+    hold_target: u64,
+    saturated: bool,
+    now: u64,
+    next_token: u64,
+}
+
+fn setup(sc: Scenario, nvms: usize) -> Bench {
+    let sched = Scheduler::new(SchedulerConfig {
+        shards: 2,
+        max_vms: nvms as u32,
+        ..Default::default()
+    })
+    .expect("config");
+    let qd = if sc == Scenario::Saturated {
+        32
+    } else {
+        1 << 16
+    };
+    for p in 0..2 {
+        let mut spec = PathSpec::new(format!("p{p}"), 100_000_000, 1_000_000);
+        spec.max_outstanding = qd;
+        sched.add_path(spec).expect("path");
+    }
+    let vms: Vec<VmId> = (0..nvms)
+        .map(|i| {
+            let mut s = VmSpec::new(format!("vm{i}"));
+            s.shares = [500, 1000, 2000][i % 3];
+            s.path_policy.selector = SelectorSpec::LeastQueueDepth;
+            s.max_held = 1024;
+            if sc == Scenario::Qos {
+                s.reservation.iops = Some(1_000);
+                s.limit = RateSpec {
+                    iops: Some(1_000_000_000),
+                    mbps: Some(1_000_000),
+                };
+            }
+            sched.create_vm(s).expect("vm")
+        })
+        .collect();
+    let shards = (0..2).map(|i| sched.shard(i).expect("shard")).collect();
+    // Saturated: the two paths take 64 in flight; each shard keeps 28 of its own and
+    // 2 requests per VM (at least 64) held, so every poll has a backlog to order.
+    let (depth, hold_target) = match sc {
+        Scenario::Saturated => (28, (2 * nvms as u64).max(64)),
+        _ => (32, u64::MAX),
+    };
+    Bench {
+        shards,
+        vms,
+        inflight: vec![std::collections::VecDeque::with_capacity(depth * 2); 2],
+        out: Vec::with_capacity(1024),
+        depth,
+        hold_target,
+        saturated: sc == Scenario::Saturated,
+        now: 1_000_000,
+        next_token: 0,
+    }
+}
+
+/// One request's worth of work: complete the oldest in-flight request of this shard (if
+/// it has enough outstanding), enqueue a new request, and poll (every 8th iteration when
+/// nothing is held, every iteration when saturated).
+#[inline(always)]
+fn one(b: &mut Bench, i: u64, saturated: bool) -> u64 {
+    let n = b.vms.len();
+    let s = (i & 1) as usize;
+    let mut routed = 0;
+    b.now += 100;
+    if b.inflight[s].len() >= b.depth {
+        if let Some((vm, p)) = b.inflight[s].pop_front() {
+            let _ = b.shards[s].complete(vm, p, 4096, 20_000);
+        }
+    }
+    if !saturated || b.shards[s].held() < b.hold_target {
+        let vm = b.vms[(i as usize / 2) % n];
+        let token = b.next_token;
+        b.next_token += 1;
+        if let Ok(Decision::Route(p)) = b.shards[s].enqueue(vm, token, 4096, false, b.now) {
+            routed += 1;
+            b.inflight[s].push_back((vm, p));
+        }
+    }
+    if saturated || i & 7 == 7 {
+        b.out.clear();
+        let mut out = std::mem::take(&mut b.out);
+        b.shards[s].poll(b.now, &mut out, 64);
+        for r in &out {
+            if let Outcome::Route(p) = r.outcome {
+                routed += 1;
+                b.inflight[s].push_back((r.vm, p));
+            }
+        }
+        b.out = out;
+    }
+    routed
+}
+
+/// The measured loop (the only code callgrind collects in `count` mode).
+#[inline(never)]
+fn run_requests(b: &mut Bench, iters: u64) -> u64 {
+    let saturated = b.saturated;
+    let mut routed = 0;
+    for i in 0..iters {
+        routed += one(b, i, saturated);
+    }
+    routed
+}
+
+/// Same work, not collected.
+#[inline(never)]
+fn warm_up(b: &mut Bench, iters: u64) -> u64 {
+    let saturated = b.saturated;
+    let mut routed = 0;
+    for i in 0..iters {
+        routed += one(b, i, saturated);
+    }
+    routed
+}
+
+fn time_mode() {
+    println!("scheduling cost per request, 2 shards, 4 KiB, release build (enqueue + poll share + complete)");
+    println!(
+        "{:>10} {:>6} {:>12} {:>10}",
+        "scenario", "VMs", "ns/request", "routed%"
+    );
+    for sc in [Scenario::Fast, Scenario::Qos, Scenario::Saturated] {
+        for nvms in [1usize, 100, 1000] {
+            let mut b = setup(sc, nvms);
+            // Warm up: fill queues and reach steady state.
+            black_box(warm_up(&mut b, 200_000));
+            let iters = 2_000_000;
+            let t0 = Instant::now();
+            let routed = black_box(run_requests(&mut b, iters));
+            let ns = t0.elapsed().as_nanos() as f64 / iters as f64;
+            println!(
+                "{:>10} {:>6} {:>12.1} {:>9.1}%",
+                format!("{sc:?}").to_lowercase(),
+                nvms,
+                ns,
+                routed as f64 * 100.0 / iters as f64
+            );
+        }
+    }
+}
+
+fn count_mode(args: &[String]) -> Result<(), String> {
+    let usage = "usage: sched_bench count <fast|qos|saturated> <vms> <iters>";
+    let sc = args.first().and_then(|s| Scenario::parse(s)).ok_or(usage)?;
+    let nvms: usize = args.get(1).and_then(|s| s.parse().ok()).ok_or(usage)?;
+    let iters: u64 = args.get(2).and_then(|s| s.parse().ok()).ok_or(usage)?;
+    if nvms == 0 || nvms > 65_536 {
+        return Err("vms must be 1..=65536".into());
+    }
+    let mut b = setup(sc, nvms);
+    black_box(warm_up(&mut b, 200_000));
+    let routed = black_box(run_requests(&mut b, iters));
+    println!("scenario={sc:?} vms={nvms} shards=2 iters={iters} routed={routed}");
+    println!("instructions/request = callgrind Ir (collected in run_requests) / {iters}");
+    Ok(())
+}
+
+struct Row {
+    name: &'static str,
+    shares: u32,
+    reservation: Option<u64>,
+    limit: Option<u64>,
+    class: PriorityClass,
+}
+
+fn fairness_mode() {
+    let rows = [
+        Row {
+            name: "gold",
+            shares: 2000,
+            reservation: None,
+            limit: None,
+            class: PriorityClass::Normal,
+        },
+        Row {
+            name: "silver",
+            shares: 1000,
+            reservation: None,
+            limit: None,
+            class: PriorityClass::Normal,
+        },
+        Row {
+            name: "bronze",
+            shares: 500,
+            reservation: None,
+            limit: None,
+            class: PriorityClass::Normal,
+        },
+        Row {
+            name: "db-resv",
+            shares: 500,
+            reservation: Some(30_000),
+            limit: None,
+            class: PriorityClass::Normal,
+        },
+        Row {
+            name: "capped",
+            shares: 4000,
+            reservation: None,
+            limit: Some(10_000),
+            class: PriorityClass::Normal,
+        },
+        Row {
+            name: "batch",
+            shares: 1000,
+            reservation: Some(5_000),
+            limit: Some(20_000),
+            class: PriorityClass::Normal,
+        },
+    ];
+    for reactors in [1usize, 2] {
+        let mut cfg = SimConfig::new(reactors);
+        cfg.paths.push(SimPath::iops("dev", 100_000));
+        for (i, r) in rows.iter().enumerate() {
+            let mut s = VmSpec::new(r.name);
+            s.shares = r.shares;
+            s.reservation.iops = r.reservation;
+            s.limit.iops = r.limit;
+            s.priority = r.class;
+            let mut v = SimVm::new(s, Load::Closed { depth: 48 });
+            v.shards = vec![i % reactors];
+            cfg.vms.push(v);
+        }
+        let triples: Vec<(f64, f64, f64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    f64::from(r.shares),
+                    r.reservation.unwrap_or(0) as f64,
+                    r.limit.unwrap_or(0) as f64,
+                )
+            })
+            .collect();
+        let want = expected_shares(100_000.0, &triples);
+        let mut sim = match Sim::new(cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sim: {e}");
+                return;
+            }
+        };
+        let (from, to) = (100_000_000, 1_100_000_000);
+        sim.run_until(to);
+        println!();
+        println!("fairness: 1 path of 100,000 IOPS (queue depth 16), {reactors} reactor(s), 6 backlogged VMs, 1 s measured");
+        println!(
+            "{:>8} {:>7} {:>12} {:>10} {:>12} {:>12} {:>8}",
+            "VM", "shares", "reservation", "limit", "expected", "measured", "error"
+        );
+        let mut total = 0.0;
+        for (i, r) in rows.iter().enumerate() {
+            let got = sim.rate(i, from, to);
+            total += got;
+            let fmt = |v: Option<u64>| v.map_or("-".to_string(), |x| x.to_string());
+            println!(
+                "{:>8} {:>7} {:>12} {:>10} {:>12.0} {:>12.0} {:>+7.2}%",
+                r.name,
+                r.shares,
+                fmt(r.reservation),
+                fmt(r.limit),
+                want[i],
+                got,
+                (got - want[i]) * 100.0 / want[i]
+            );
+        }
+        println!(
+            "{:>8} {:>7} {:>12} {:>10} {:>12.0} {:>12.0}",
+            "total", "", "", "", 100_000.0, total
+        );
+        if let Err(e) = sim.finish(to + 1_000_000_000) {
+            println!("CHECK FAILED: {e}");
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => {
+            time_mode();
+            fairness_mode();
+        }
+        Some("time") => time_mode(),
+        Some("fairness") => fairness_mode(),
+        Some("count") => {
+            if let Err(e) = count_mode(&args[1..]) {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        }
+        Some(other) => {
+            eprintln!("unknown mode {other:?}: use time | fairness | count");
+            std::process::exit(2);
+        }
+    }
+}

@@ -114,9 +114,9 @@ pub use path::{PathId, PathInfo, PathLoad};
 pub use sched::{MigrateReason, SchedError, SchedEvent, Scheduler};
 pub use shard::{Decision, FailReason, Outcome, Released, Shard, ShardError};
 pub use spec::{
-    FailoverPolicy, PathPolicySpec, PathSpec, PathState, PriorityClass, RateSpec,
-    SchedulerConfig, SelectorSpec, SpecError, VmQosUpdate, VmSpec, DEFAULT_SHARES, MAX_PATHS,
-    MAX_SHARDS, MAX_SHARES, MIN_SHARES,
+    FailoverPolicy, PathPolicySpec, PathSpec, PathState, PriorityClass, RateSpec, SchedulerConfig,
+    SelectorSpec, SpecError, VmQosUpdate, VmSpec, DEFAULT_SHARES, MAX_PATHS, MAX_SHARDS,
+    MAX_SHARES, MIN_SHARES,
 };
 pub use vm::{SuspendReason, VmId, VmInfo};
 

@@ -6,7 +6,10 @@
 //! reactors see changes through atomics and a seqlock, noticed via an epoch counter.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::{AcqRel, Acquire, Relaxed, Release}};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64,
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
+};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_queue::ArrayQueue;
@@ -94,7 +97,9 @@ pub enum SchedError {
         pct: u32,
     },
     /// The VM still has requests held or in flight.
-    #[error("VM {vm:?} is busy: {held} requests held, {inflight} in flight (detach and drain it first)")]
+    #[error(
+        "VM {vm:?} is busy: {held} requests held, {inflight} in flight (detach and drain it first)"
+    )]
     VmBusy {
         /// VM name.
         vm: String,
@@ -631,7 +636,12 @@ impl Scheduler {
             return Err(refuse("IOPS", "this VM's allowed paths:", r_iops, own_iops));
         }
         if r_bps > own_bps {
-            return Err(refuse("MB/s", "this VM's allowed paths:", r_bps / MB, own_bps / MB));
+            return Err(refuse(
+                "MB/s",
+                "this VM's allowed paths:",
+                r_bps / MB,
+                own_bps / MB,
+            ));
         }
         if t_iops > cap_iops {
             return Err(refuse("IOPS", "all", t_iops, cap_iops));
@@ -701,10 +711,7 @@ impl Scheduler {
         let shared = &self.vms[idx];
         shared.reset_tags();
         // Start the proportional tag at the current virtual time: no credit, no debt.
-        shared
-            .tags
-            .p
-            .store(self.vtime.load(Relaxed), Relaxed);
+        shared.tags.p.store(self.vtime.load(Relaxed), Relaxed);
         shared.publish(&VmParams::from_spec(&spec, gen, affinity));
         c.by_name.insert(spec.name.clone(), idx as u32);
         c.vms[idx] = Some(VmRec {
@@ -721,7 +728,7 @@ impl Scheduler {
         })
     }
 
-    fn rec<'a>(c: &'a mut Control, vm: VmId) -> Result<&'a mut VmRec, SchedError> {
+    fn rec(c: &mut Control, vm: VmId) -> Result<&mut VmRec, SchedError> {
         c.vms
             .get_mut(vm.index as usize)
             .and_then(|v| v.as_mut())
@@ -877,7 +884,7 @@ impl Scheduler {
             },
             spec: r.spec.clone(),
             suspended,
-            serving_path: (serving != NO_PATH).then(|| PathId(serving as u16)),
+            serving_path: (serving != NO_PATH).then_some(PathId(serving as u16)),
             home_path: r.home.map(PathId),
             held,
             inflight,
@@ -940,7 +947,11 @@ impl Scheduler {
             let Some(r) = slot else { continue };
             let allowed = if r.affinity == 0 { present } else { r.affinity };
             let usable = (opt | nonopt) & allowed;
-            let tier = if opt & allowed != 0 { opt & allowed } else { nonopt & allowed };
+            let tier = if opt & allowed != 0 {
+                opt & allowed
+            } else {
+                nonopt & allowed
+            };
             let r_iops = r.spec.reservation.iops.unwrap_or(0);
             let suspend_policy = r.spec.failover == FailoverPolicy::Suspend;
             let mut serving = NO_PATH;
@@ -954,7 +965,9 @@ impl Scheduler {
                         .filter(|&i| tier & bit(i) != 0)
                         .max_by_key(|&i| (cap(i).saturating_sub(placed[i]), std::cmp::Reverse(i)));
                     match best {
-                        Some(i) if !suspend_policy || cap(i).saturating_sub(placed[i]) >= r_iops => {
+                        Some(i)
+                            if !suspend_policy || cap(i).saturating_sub(placed[i]) >= r_iops =>
+                        {
                             serving = i as u32;
                         }
                         _ => serve_ok = false,
@@ -964,7 +977,10 @@ impl Scheduler {
                     placed[serving as usize] += r_iops;
                 }
             } else if suspend_policy && r_iops > 0 {
-                let total: u64 = (0..MAX_PATHS).filter(|&i| usable & bit(i) != 0).map(cap).sum();
+                let total: u64 = (0..MAX_PATHS)
+                    .filter(|&i| usable & bit(i) != 0)
+                    .map(cap)
+                    .sum();
                 serve_ok &= total >= r_iops;
             }
             let tags = &self.vms[idx].tags;
@@ -1064,9 +1080,11 @@ impl Scheduler {
             // queues fill while the frontend does not pull).
             let wants = held > 0 || fo_suspended;
             let short = |measured: u64, reserved: u64| {
-                reserved > 0 && u128::from(measured) * 100 < u128::from(reserved) * u128::from(100 - tol)
+                reserved > 0
+                    && u128::from(measured) * 100 < u128::from(reserved) * u128::from(100 - tol)
             };
-            let unmet = wants && flags & FLAG_ADMIN == 0 && (short(m_iops, r_iops) || short(m_bps, r_bps));
+            let unmet =
+                wants && flags & FLAG_ADMIN == 0 && (short(m_iops, r_iops) || short(m_bps, r_bps));
             if unmet {
                 let since = *m.unmet_since.get_or_insert(last);
                 if !m.recommended && now.saturating_sub(since) >= window {

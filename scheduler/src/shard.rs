@@ -10,7 +10,10 @@
 //! [`Scheduler`].
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering::{Acquire, Relaxed}};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed},
+};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -356,10 +359,8 @@ impl Shard {
 
     #[inline]
     fn sync(&mut self, now: u64) {
-        if now > self.last_now {
-            self.last_now = now;
-        }
         if self.s.epoch.load(Acquire) != self.epoch {
+            self.last_now = self.last_now.max(now);
             self.refresh();
         }
     }
@@ -457,23 +458,22 @@ impl Shard {
     }
 
     /// Load-based selectors over `tier`; `need_room` skips paths at their queue depth.
+    /// Ties go to the first path after a rotating start.
     fn pick(&mut self, i: usize, tier: u64, need_room: bool) -> Option<usize> {
         let sel = self.vms[i].p.sel;
         if sel == Sel::Weighted {
             return self.pick_weighted(i, tier, need_room);
         }
-        let rot = self.rot % 64;
+        if tier & (tier.wrapping_sub(1)) == 0 {
+            // One candidate.
+            let p = tier.trailing_zeros() as usize;
+            return (tier != 0 && (!need_room || self.s.paths[p].has_room())).then_some(p);
+        }
+        let rot = self.rot & 63;
         self.rot = self.rot.wrapping_add(1);
-        let mut m = tier.rotate_right(rot);
-        let mut best: Option<(u64, usize)> = None;
-        while m != 0 {
-            let p = ((m.trailing_zeros() + rot) % 64) as usize;
-            m &= m - 1;
-            let pl = &self.s.paths[p];
-            if need_room && !pl.has_room() {
-                continue;
-            }
-            let score = match sel {
+        let paths = &self.s.paths;
+        let score = |pl: &crate::path::PathLoad| -> u64 {
+            match sel {
                 Sel::LeastBytes => pl.outstanding_bytes(),
                 Sel::ServiceTime => {
                     let svc = match pl.ewma_service_ns() {
@@ -484,12 +484,25 @@ impl Shard {
                         / u64::from(pl.weight().max(1))
                 }
                 _ => u64::from(pl.outstanding_ios()),
-            };
-            if best.is_none_or(|(b, _)| score < b) {
-                best = Some((score, p));
+            }
+        };
+        let mut m = tier.rotate_right(rot);
+        let mut best = u64::MAX;
+        let mut best_p = None;
+        while m != 0 {
+            let p = ((m.trailing_zeros() + rot) & 63) as usize;
+            m &= m - 1;
+            let pl = &paths[p];
+            if need_room && !pl.has_room() {
+                continue;
+            }
+            let sc = score(pl);
+            if sc < best {
+                best = sc;
+                best_p = Some(p);
             }
         }
-        best.map(|b| b.1)
+        best_p
     }
 
     /// vm-weighted: stay on the current path for a while; otherwise move to the path where
@@ -859,12 +872,19 @@ impl Shard {
         if tags.flags.load(Relaxed) != 0 {
             return None;
         }
-        let p = self.vms[i].p;
-        let (tier, usable) = self.tier(&p);
-        let path = match p.sel {
+        let l = &self.vms[i];
+        let (sel, allowed, limited) = (
+            l.p.sel,
+            if l.p.affinity == 0 { !0 } else { l.p.affinity },
+            l.p.has_limit(),
+        );
+        let opt = self.s.opt_mask.load(Relaxed) & allowed;
+        let non = self.s.nonopt_mask.load(Relaxed) & allowed;
+        let tier = if opt != 0 { opt } else { non };
+        let path = match sel {
             Sel::Affinity => {
                 let sv = tags.serving.load(Relaxed);
-                if sv == NO_PATH || usable & bit(sv as usize) == 0 {
+                if sv >= 64 || (opt | non) & bit(sv as usize) == 0 {
                     return None;
                 }
                 sv as usize
@@ -885,19 +905,22 @@ impl Shard {
         if self.pending_mask & compete != 0 || (self.multi && self.others_contended(compete)) {
             return None;
         }
-        if p.has_limit() && self.claim_limits(i, bytes, now).is_err() {
+        if limited && self.claim_limits(i, bytes, now).is_err() {
             return None;
         }
         self.commit_dispatch(i, path, bytes, now);
         Some(path)
     }
 
+    #[inline]
     fn others_contended(&self, mask: u64) -> bool {
-        self.s
-            .shards
-            .iter()
-            .enumerate()
-            .any(|(j, o)| j != self.me && o.contended.0.load(Relaxed) & mask != 0)
+        let shards = &self.s.shards;
+        for j in 0..shards.len() {
+            if j != self.me && shards[j].contended.0.load(Relaxed) & mask != 0 {
+                return true;
+            }
+        }
+        false
     }
 
     /// Accounting common to every routed request.
@@ -976,6 +999,7 @@ impl Shard {
     /// while paths have room; also `fail-after` failures and requests of deleted VMs.
     /// Call once per reactor loop (it returns at once when nothing is held).
     pub fn poll(&mut self, now: u64, out: &mut Vec<Released>, max: usize) -> usize {
+        self.last_now = self.last_now.max(now);
         self.sync(now);
         let first = out.len();
         let limit = first.saturating_add(max);
@@ -1073,7 +1097,9 @@ impl Shard {
                 continue;
             }
             // Proportional phase: highest class, smallest start tag.
-            let Some((c, n, key)) = self.share_front(p, any_ok) else { break };
+            let Some((c, n, key)) = self.share_front(p, any_ok) else {
+                break;
+            };
             if self.multi && self.gated_by_others(p, c, key, now) {
                 self.gated = true;
                 return;
@@ -1132,7 +1158,9 @@ impl Shard {
                 if (oc as usize) < class + 1 {
                     return true;
                 }
-                if oc as usize == class + 1 && before(o.pub_key[t].load(Relaxed).wrapping_add(slack), key) {
+                if oc as usize == class + 1
+                    && before(o.pub_key[t].load(Relaxed).wrapping_add(slack), key)
+                {
                     return true;
                 }
             }
@@ -1142,7 +1170,14 @@ impl Shard {
 
     /// Releases VM `i`'s head on path `p` (or, for `ANY` heads, the selector's choice
     /// among paths with room).
-    fn dispatch_head(&mut self, i: usize, phase: Phase, p: usize, now: u64, out: &mut Vec<Released>) {
+    fn dispatch_head(
+        &mut self,
+        i: usize,
+        phase: Phase,
+        p: usize,
+        now: u64,
+        out: &mut Vec<Released>,
+    ) {
         let Some(e) = self.vms[i].queue.front().copied() else {
             self.unlink(i);
             return;
@@ -1306,7 +1341,8 @@ impl Shard {
             for c in 0..PriorityClass::COUNT {
                 if set & (1 << c) != 0 {
                     let k = o.pub_vmin[c].load(Relaxed);
-                    self.v_floor[c] = Some(self.v_floor[c].map_or(k, |f| if before(k, f) { k } else { f }));
+                    self.v_floor[c] =
+                        Some(self.v_floor[c].map_or(k, |f| if before(k, f) { k } else { f }));
                 }
             }
         }

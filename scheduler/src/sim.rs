@@ -343,11 +343,6 @@ impl Sim {
         &self.sched
     }
 
-    #[cfg(test)]
-    pub(crate) fn shard_mut(&mut self, i: usize) -> &mut Shard {
-        &mut self.shards[i]
-    }
-
     /// Simulated time.
     pub fn now(&self) -> u64 {
         self.now
@@ -511,7 +506,8 @@ impl Sim {
                 self.paths[p].completed += 1;
                 let id = self.vms[f.vm].id;
                 let pid = self.paths[p].id;
-                if let Err(e) = self.shards[f.shard].complete(id, pid, f.bytes, f.finish - f.submit) {
+                if let Err(e) = self.shards[f.shard].complete(id, pid, f.bytes, f.finish - f.submit)
+                {
                     self.violation(format!("complete: {e}"));
                 }
                 self.finish_request(f.vm, f.seq, f.ring, COMPLETED);
@@ -519,7 +515,9 @@ impl Sim {
         }
         // Open-loop arrivals (and the first burst of closed-loop guests).
         while !self.stopped {
-            let Some(&Reverse((t, v))) = self.arrivals.peek() else { break };
+            let Some(&Reverse((t, v))) = self.arrivals.peek() else {
+                break;
+            };
             if t > now {
                 break;
             }
@@ -631,7 +629,9 @@ impl Sim {
         };
         let st = self.sched.path(path).map(|l| l.state());
         if !st.is_some_and(PathState::is_usable) {
-            self.violation(format!("vm {v} seq {seq}: routed to {path} in state {st:?}"));
+            self.violation(format!(
+                "vm {v} seq {seq}: routed to {path} in state {st:?}"
+            ));
         }
         let bytes = self.vms[v].cfg.bytes;
         let rt = &mut self.paths[p];
@@ -658,8 +658,15 @@ impl Sim {
     fn on_released(&mut self, shard: usize, r: Released) {
         let v = (r.token >> TOKEN_SHIFT) as usize;
         let seq = r.token & ((1 << TOKEN_SHIFT) - 1);
-        let Some(ring) = self.vms.get(v).and_then(|vm| vm.cfg.shards.iter().position(|&s| s == shard)) else {
-            self.violation(format!("released token {:#x} on unknown VM/reactor", r.token));
+        let Some(ring) = self
+            .vms
+            .get(v)
+            .and_then(|vm| vm.cfg.shards.iter().position(|&s| s == shard))
+        else {
+            self.violation(format!(
+                "released token {:#x} on unknown VM/reactor",
+                r.token
+            ));
             return;
         };
         if self.vms[v].status.get(seq as usize) != Some(&ENQUEUED) {
@@ -732,7 +739,10 @@ impl Sim {
     pub fn finish(&mut self, deadline: u64) -> Result<(), String> {
         self.stopped = true;
         while self.now < deadline {
-            let busy = self.vms.iter().any(|v| v.outstanding.iter().any(|&o| o > 0));
+            let busy = self
+                .vms
+                .iter()
+                .any(|v| v.outstanding.iter().any(|&o| o > 0));
             if !busy {
                 break;
             }
@@ -758,12 +768,17 @@ impl Sim {
                     v.stats
                 ));
             }
-            if v.stats.routed != v.stats.completed || v.stats.enqueued != v.stats.completed + v.stats.failed {
+            if v.stats.routed != v.stats.completed
+                || v.stats.enqueued != v.stats.completed + v.stats.failed
+            {
                 problems.push(format!("vm {i}: counters do not add up: {:?}", v.stats));
             }
         }
         if self.violation_count > 0 {
-            problems.push(format!("{} violations: {:?}", self.violation_count, self.violations));
+            problems.push(format!(
+                "{} violations: {:?}",
+                self.violation_count, self.violations
+            ));
         }
         if problems.is_empty() {
             Ok(())

@@ -146,7 +146,11 @@ impl RateSpec {
         self.iops.is_none() && self.mbps.is_none()
     }
 
-    fn validate(&self, iops_field: &'static str, mbps_field: &'static str) -> Result<(), SpecError> {
+    fn validate(
+        &self,
+        iops_field: &'static str,
+        mbps_field: &'static str,
+    ) -> Result<(), SpecError> {
         check_rate(iops_field, self.iops)?;
         check_rate(mbps_field, self.mbps)
     }
@@ -156,7 +160,9 @@ impl RateSpec {
 ///
 /// The proportional phase serves the highest class that has an eligible request first;
 /// reservations are honoured for every class before that.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PriorityClass {
     /// Served first.
@@ -279,7 +285,9 @@ pub enum FailoverPolicy {
 impl FailoverPolicy {
     fn validate(&self) -> Result<(), SpecError> {
         match *self {
-            FailoverPolicy::FailAfter { timeout_ms } if timeout_ms == 0 || timeout_ms > 86_400_000 => {
+            FailoverPolicy::FailAfter { timeout_ms }
+                if timeout_ms == 0 || timeout_ms > 86_400_000 =>
+            {
                 Err(SpecError::FailTimeout(timeout_ms))
             }
             _ => Ok(()),
@@ -628,8 +636,20 @@ impl SchedulerConfig {
         let checks: [(&'static str, u64, u64, u64, &'static str); 9] = [
             ("shards", self.shards as u64, 1, MAX_SHARDS as u64, "1..=64"),
             ("max_vms", self.max_vms.into(), 1, 65_536, "1..=65536"),
-            ("io_cost_bytes", self.io_cost_bytes.into(), 0, 1 << 20, "0..=1048576"),
-            ("cross_shard_slack", self.cross_shard_slack.into(), 1, 64, "1..=64"),
+            (
+                "io_cost_bytes",
+                self.io_cost_bytes.into(),
+                0,
+                1 << 20,
+                "0..=1048576",
+            ),
+            (
+                "cross_shard_slack",
+                self.cross_shard_slack.into(),
+                1,
+                64,
+                "1..=64",
+            ),
             (
                 "reservation_catchup_us",
                 self.reservation_catchup_us,
@@ -651,7 +671,13 @@ impl SchedulerConfig {
                 50,
                 "0..=50",
             ),
-            ("admission_pct", self.admission_pct.into(), 1, 100, "1..=100"),
+            (
+                "admission_pct",
+                self.admission_pct.into(),
+                1,
+                100,
+                "1..=100",
+            ),
             (
                 "event_queue_len",
                 self.event_queue_len.into(),
@@ -799,12 +825,20 @@ mod tests {
         assert_eq!(p.validate(), Err(SpecError::PathWeight(0)));
         p.weight = 100;
         p.capacity_iops = 0;
-        assert!(p.validate().unwrap_err().to_string().contains("capacity_iops"));
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("capacity_iops"));
         let c = SchedulerConfig {
             shards: 0,
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("scheduler.shards"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("scheduler.shards"));
         SchedulerConfig::default().validate().unwrap();
     }
 }

@@ -266,12 +266,16 @@ impl VmShared {
     /// Publishes new parameters (control plane, serialised by the scheduler's mutex).
     pub(crate) fn publish(&self, p: &VmParams) {
         let v = self.conf.version.load(Ordering::Relaxed);
-        self.conf.version.store(v.wrapping_add(1), Ordering::Relaxed);
+        self.conf
+            .version
+            .store(v.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
         for (slot, w) in self.conf.words.iter().zip(p.encode()) {
             slot.store(w, Ordering::Relaxed);
         }
-        self.conf.version.store(v.wrapping_add(2), Ordering::Release);
+        self.conf
+            .version
+            .store(v.wrapping_add(2), Ordering::Release);
     }
 
     /// Reads a consistent copy, or `None` if a write is in progress (retry later).
@@ -388,7 +392,10 @@ mod tests {
         assert_eq!(q.affinity, 0b101);
         assert_eq!(q.p_inv, (1 << 30) / 250);
         // 7 MB/s: 1e9/7e6 ns per byte, fixed point, rounded up.
-        assert_eq!(q.lim_byte_fp, ((1u128 << 16) * 1_000_000_000).div_ceil(7_000_000) as u64);
+        assert_eq!(
+            q.lim_byte_fp,
+            ((1u128 << 16) * 1_000_000_000).div_ceil(7_000_000) as u64
+        );
         assert_eq!(q.class, 2);
         assert_eq!(q.weight_eff, 250);
     }

@@ -11,16 +11,25 @@ fn vm(name: &str, shares: u32) -> VmSpec {
 fn two_vms_share_one_path_by_shares() {
     let mut cfg = SimConfig::new(1);
     cfg.paths.push(SimPath::iops("p0", 100_000));
-    cfg.vms.push(SimVm::new(vm("a", 1000), Load::Closed { depth: 32 }));
-    cfg.vms.push(SimVm::new(vm("b", 3000), Load::Closed { depth: 32 }));
+    cfg.vms
+        .push(SimVm::new(vm("a", 1000), Load::Closed { depth: 32 }));
+    cfg.vms
+        .push(SimVm::new(vm("b", 3000), Load::Closed { depth: 32 }));
     let mut sim = Sim::new(cfg).unwrap();
     sim.run_until(100_000_000);
     let a = sim.rate(0, 20_000_000, 100_000_000);
     let b = sim.rate(1, 20_000_000, 100_000_000);
     let want = expected_shares(100_000.0, &[(1000.0, 0.0, 0.0), (3000.0, 0.0, 0.0)]);
     eprintln!("a={a} b={b} want={want:?}");
-    assert!((a - want[0]).abs() / want[0] < 0.02, "a={a} want {}", want[0]);
-    assert!((b - want[1]).abs() / want[1] < 0.02, "b={b} want {}", want[1]);
+    assert!(
+        (a - want[0]).abs() / want[0] < 0.02,
+        "a={a} want {}",
+        want[0]
+    );
+    assert!(
+        (b - want[1]).abs() / want[1] < 0.02,
+        "b={b} want {}",
+        want[1]
+    );
     sim.finish(200_000_000).unwrap();
 }
-

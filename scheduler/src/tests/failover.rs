@@ -13,15 +13,28 @@ fn events(sim: &Sim) -> Vec<SchedEvent> {
 
 fn cut(path: usize, from: u64, to: u64) -> [PathEvent; 2] {
     [
-        PathEvent { at_ns: from, path, state: PathState::FailingOver },
-        PathEvent { at_ns: to, path, state: PathState::Optimized },
+        PathEvent {
+            at_ns: from,
+            path,
+            state: PathState::FailingOver,
+        },
+        PathEvent {
+            at_ns: to,
+            path,
+            state: PathState::Optimized,
+        },
     ]
 }
 
 fn on_path(sim: &Sim, vm: usize, from: u64, to: u64) -> Vec<u16> {
     let t = sim.dispatch_times(vm);
     let p = sim.dispatch_paths(vm);
-    let mut v: Vec<u16> = t.iter().zip(p).filter(|(&t, _)| t >= from && t < to).map(|(_, &p)| p).collect();
+    let mut v: Vec<u16> = t
+        .iter()
+        .zip(p)
+        .filter(|(&t, _)| t >= from && t < to)
+        .map(|(_, &p)| p)
+        .collect();
     v.sort_unstable();
     v.dedup();
     v
@@ -31,7 +44,8 @@ fn on_path(sim: &Sim, vm: usize, from: u64, to: u64) -> Vec<u16> {
 fn hold_reroutes_to_the_other_path_and_returns_home() {
     let mut cfg = config(2, &[100_000, 100_000]);
     for i in 0..4 {
-        cfg.vms.push(backlogged(VmSpec::new(format!("vm{i}")), vec![i % 2], 8));
+        cfg.vms
+            .push(backlogged(VmSpec::new(format!("vm{i}")), vec![i % 2], 8));
     }
     cfg.events.extend(cut(0, 20 * MS, 40 * MS));
     let mut sim = Sim::new(cfg).unwrap();
@@ -40,12 +54,15 @@ fn hold_reroutes_to_the_other_path_and_returns_home() {
     // Spread: two VMs per path, each on one path only.
     assert!(homes.iter().all(|h| h.len() == 1), "{homes:?}");
     assert_eq!(homes.iter().filter(|h| h[0] == 0).count(), 2);
-    for i in 0..4 {
+    for (i, home) in homes.iter().enumerate() {
         // During the cut everyone runs on path 1 (the sim flags any dispatch to path 0).
         assert_eq!(on_path(&sim, i, 20 * MS + 1, 40 * MS), vec![1], "vm {i}");
-        assert!(sim.rate(i, 22 * MS, 40 * MS) > 10_000.0, "vm {i} starved during the cut");
+        assert!(
+            sim.rate(i, 22 * MS, 40 * MS) > 10_000.0,
+            "vm {i} starved during the cut"
+        );
         // Back home afterwards.
-        assert_eq!(on_path(&sim, i, 41 * MS, 60 * MS), homes[i], "vm {i}");
+        assert_eq!(&on_path(&sim, i, 41 * MS, 60 * MS), home, "vm {i}");
     }
     sim.finish(200 * MS).unwrap();
 }
@@ -84,10 +101,21 @@ fn suspend_stops_pulling_and_resumes_without_loss() {
     assert_eq!(info.inflight, 0, "in-flight I/O completed");
     assert_eq!(sim.rate(0, 11 * MS, 20 * MS), 0.0);
     let ev = events(&sim);
-    assert!(ev.iter().any(|e| matches!(e, SchedEvent::VmSuspended { reason: SuspendReason::Failover, .. })), "{ev:?}");
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            SchedEvent::VmSuspended {
+                reason: SuspendReason::Failover,
+                ..
+            }
+        )),
+        "{ev:?}"
+    );
     sim.run_until(40 * MS);
     assert!(!sim.scheduler().is_suspended(id));
-    assert!(events(&sim).iter().any(|e| matches!(e, SchedEvent::VmResumed { .. })));
+    assert!(events(&sim)
+        .iter()
+        .any(|e| matches!(e, SchedEvent::VmResumed { .. })));
     assert!(sim.rate(0, 31 * MS, 40 * MS) > 90_000.0);
     sim.finish(200 * MS).unwrap();
     assert_eq!(sim.stats(0).failed, 0);
@@ -102,10 +130,11 @@ fn suspend_reroutes_when_another_path_can_carry_the_reservation() {
     cfg.vms.push(backlogged(a, vec![0], 16));
     // b has no reservation and homes on the other path.
     cfg.vms.push(backlogged(VmSpec::new("b"), vec![0], 16));
-    let mut sim = Sim::new(cfg.clone()).unwrap();
+    let sim = Sim::new(cfg.clone()).unwrap();
     let home = sim.scheduler().vm(sim.vm_id(0)).unwrap().home_path.unwrap();
     drop(sim);
-    cfg.events.extend(cut(usize::from(home.0), 10 * MS, 30 * MS));
+    cfg.events
+        .extend(cut(usize::from(home.0), 10 * MS, 30 * MS));
     let mut sim = Sim::new(cfg).unwrap();
     sim.run_until(30 * MS);
     assert!(!sim.scheduler().is_suspended(sim.vm_id(0)));
@@ -128,7 +157,10 @@ fn fail_after_timeout_fails_held_requests_back() {
     assert!(failed >= 8, "held requests failed after 5 ms: {failed}");
     sim.run_until(40 * MS);
     assert!(sim.rate(0, 31 * MS, 40 * MS) > 90_000.0);
-    assert_eq!(sim.scheduler().vm(sim.vm_id(0)).unwrap().failed_ios, sim.stats(0).failed);
+    assert_eq!(
+        sim.scheduler().vm(sim.vm_id(0)).unwrap().failed_ios,
+        sim.stats(0).failed
+    );
     sim.finish(200 * MS).unwrap();
 }
 
@@ -136,7 +168,8 @@ fn fail_after_timeout_fails_held_requests_back() {
 fn vm_affinity_keeps_each_vm_on_its_path_while_it_lives() {
     let mut cfg = config(2, &[100_000; 4]);
     for i in 0..20 {
-        cfg.vms.push(backlogged(VmSpec::new(format!("vm{i}")), vec![i % 2], 4));
+        cfg.vms
+            .push(backlogged(VmSpec::new(format!("vm{i}")), vec![i % 2], 4));
     }
     let mut sim = Sim::new(cfg).unwrap();
     sim.run_until(30 * MS);
@@ -163,19 +196,31 @@ fn migrate_recommended_when_paths_are_lost_and_cleared_after() {
     cfg.events.extend(cut(0, 20 * MS, 60 * MS));
     let mut sim = Sim::new(cfg).unwrap();
     sim.run_until(35 * MS);
-    assert!(!events(&sim).iter().any(|e| matches!(e, SchedEvent::VmMigrateRecommended { .. })));
+    assert!(!events(&sim)
+        .iter()
+        .any(|e| matches!(e, SchedEvent::VmMigrateRecommended { .. })));
     sim.run_until(59 * MS);
     let ev = events(&sim);
     let rec = ev.iter().find_map(|e| match e {
-        SchedEvent::VmMigrateRecommended { reason, measured_iops, reserved_iops, .. } => {
-            Some((*reason, *measured_iops, *reserved_iops))
-        }
+        SchedEvent::VmMigrateRecommended {
+            reason,
+            measured_iops,
+            reserved_iops,
+            ..
+        } => Some((*reason, *measured_iops, *reserved_iops)),
         _ => None,
     });
     assert_eq!(rec, Some((MigrateReason::PathsLost, 0, 50_000)), "{ev:?}");
-    assert!(sim.scheduler().vm(sim.vm_id(0)).unwrap().migrate_recommended);
+    assert!(
+        sim.scheduler()
+            .vm(sim.vm_id(0))
+            .unwrap()
+            .migrate_recommended
+    );
     sim.run_until(80 * MS);
-    assert!(events(&sim).iter().any(|e| matches!(e, SchedEvent::VmMigrateCleared { .. })));
+    assert!(events(&sim)
+        .iter()
+        .any(|e| matches!(e, SchedEvent::VmMigrateCleared { .. })));
     sim.finish(300 * MS).unwrap();
 }
 
@@ -186,7 +231,11 @@ fn migrate_recommended_when_the_path_is_overcommitted() {
     cfg.paths[0].spec.capacity_iops = 100_000;
     cfg.sched.migrate_window_ms = 10;
     cfg.tick_ns = 5 * MS;
-    cfg.vms.push(backlogged(spec("db", 1000, Some(60_000), None), vec![0], 32));
+    cfg.vms.push(backlogged(
+        spec("db", 1000, Some(60_000), None),
+        vec![0],
+        32,
+    ));
     let mut s = VmSpec::new("noisy");
     s.path_policy.selector = SelectorSpec::LeastQueueDepth;
     cfg.vms.push(backlogged(s, vec![0], 32));

@@ -4,6 +4,6 @@ mod basic;
 mod control;
 mod failover;
 mod props;
-mod selectors;
 mod scale;
+mod selectors;
 mod util;

@@ -24,7 +24,11 @@ fn build(shards: usize, paths: usize, gens: &[VmGen]) -> crate::sim::SimConfig {
         let l = (kind & 2 == 2).then(|| (cap * frac / 200).max(r.unwrap_or(0)).max(200));
         let mut s = spec(&format!("vm{i}"), shares, r, l);
         s.path_policy.selector = SelectorSpec::LeastQueueDepth;
-        let on = if spread && shards > 1 { (0..shards).collect() } else { vec![i % shards] };
+        let on = if spread && shards > 1 {
+            (0..shards).collect()
+        } else {
+            vec![i % shards]
+        };
         cfg.vms.push(backlogged(s, on, 48));
     }
     cfg
@@ -43,7 +47,10 @@ fn saturated(shards: usize, paths: usize, gens: &[VmGen], pct: f64) -> Result<()
     for (i, v) in cfg.vms.iter().enumerate() {
         if let Some(r) = v.spec.reservation.iops {
             let got = sim.rate(i, 30 * MS, end);
-            prop_assert!(got >= r as f64 * 0.98 - 30.0, "vm {i}: {got} < reservation {r}");
+            prop_assert!(
+                got >= r as f64 * 0.98 - 30.0,
+                "vm {i}: {got} < reservation {r}"
+            );
         }
     }
     // Work conservation: the device is kept busy unless every VM is at its limit.

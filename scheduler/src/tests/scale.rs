@@ -25,10 +25,15 @@ fn run(vms: usize, paths: usize, reactors: usize, ms: u64) {
     let total: f64 = (0..vms).map(|i| sim.rate(i, ms * MS / 4, ms * MS)).sum();
     assert!(total >= cap * 0.98, "total {total} of capacity {cap}");
     // Fair: each VM within 2% plus two requests of quantisation.
-    for i in 0..vms.min(12) { eprintln!("vm{i} {}", sim.rate(i, ms * MS / 4, ms * MS)); }
+    for i in 0..vms.min(12) {
+        eprintln!("vm{i} {}", sim.rate(i, ms * MS / 4, ms * MS));
+    }
     check_shares(&sim, &cfg, cap, ms * MS / 4, ms * MS, 2.0, 2.0);
     sim.finish(ms * MS * 4).unwrap();
-    eprintln!("{vms} VMs × {paths} paths × {reactors} reactors: {:?}", t0.elapsed());
+    eprintln!(
+        "{vms} VMs × {paths} paths × {reactors} reactors: {:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]

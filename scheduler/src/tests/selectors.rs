@@ -31,14 +31,32 @@ fn round_robin_switches_every_n_ios() {
 #[test]
 fn round_robin_by_bytes() {
     let mut cfg = config(1, &[100_000, 100_000]);
-    let s = with_selector("rr", SelectorSpec::RoundRobin { ios: 0, bytes: 16 << 10 });
+    let s = with_selector(
+        "rr",
+        SelectorSpec::RoundRobin {
+            ios: 0,
+            bytes: 16 << 10,
+        },
+    );
     let mut v = SimVm::new(s, Load::Open { iops: 1_000 });
     v.bytes = 8 << 10;
     cfg.vms.push(v);
     let mut sim = Sim::new(cfg).unwrap();
     sim.run_until(20 * MS);
     let p = sim.dispatch_paths(0);
-    assert_eq!(&p[..8], &[p[0], p[0], 1 - p[0], 1 - p[0], p[0], p[0], 1 - p[0], 1 - p[0]]);
+    assert_eq!(
+        &p[..8],
+        &[
+            p[0],
+            p[0],
+            1 - p[0],
+            1 - p[0],
+            p[0],
+            p[0],
+            1 - p[0],
+            1 - p[0]
+        ]
+    );
     sim.finish(100 * MS).unwrap();
 }
 
@@ -46,12 +64,20 @@ fn round_robin_by_bytes() {
 #[test]
 fn load_based_selectors_favour_the_faster_path() {
     let mut shares = Vec::new();
-    for sel in [SelectorSpec::LeastQueueDepth, SelectorSpec::LeastBytes, SelectorSpec::ServiceTime] {
+    for sel in [
+        SelectorSpec::LeastQueueDepth,
+        SelectorSpec::LeastBytes,
+        SelectorSpec::ServiceTime,
+    ] {
         let mut cfg = config(1, &[]);
         cfg.paths.push(SimPath::iops("fast", 150_000));
         cfg.paths.push(SimPath::iops("slow", 50_000));
         for i in 0..4 {
-            cfg.vms.push(backlogged(with_selector(&format!("vm{i}"), sel), vec![0], 4));
+            cfg.vms.push(backlogged(
+                with_selector(&format!("vm{i}"), sel),
+                vec![0],
+                4,
+            ));
         }
         let mut sim = Sim::new(cfg).unwrap();
         sim.run_until(50 * MS);
@@ -89,7 +115,11 @@ fn vm_weighted_spreads_by_shares_and_priority() {
     big.shares = 4000;
     cfg.vms.push(backlogged(big, vec![0], 8));
     for i in 0..3 {
-        cfg.vms.push(backlogged(with_selector(&format!("small{i}"), SelectorSpec::VmWeighted), vec![0], 8));
+        cfg.vms.push(backlogged(
+            with_selector(&format!("small{i}"), SelectorSpec::VmWeighted),
+            vec![0],
+            8,
+        ));
     }
     let mut sim = Sim::new(cfg).unwrap();
     sim.run_until(30 * MS);
@@ -112,14 +142,34 @@ fn vm_weighted_spreads_by_shares_and_priority() {
 fn optimized_first_never_unusable() {
     let mut cfg = config(1, &[100_000, 100_000]);
     cfg.paths[1].spec.state = PathState::NonOptimized;
-    cfg.vms.push(backlogged(with_selector("a", SelectorSpec::LeastQueueDepth), vec![0], 64));
-    cfg.events.push(crate::sim::PathEvent { at_ns: 20 * MS, path: 0, state: PathState::Inaccessible });
+    cfg.vms.push(backlogged(
+        with_selector("a", SelectorSpec::LeastQueueDepth),
+        vec![0],
+        64,
+    ));
+    cfg.events.push(crate::sim::PathEvent {
+        at_ns: 20 * MS,
+        path: 0,
+        state: PathState::Inaccessible,
+    });
     let mut sim = Sim::new(cfg).unwrap();
     sim.run_until(40 * MS);
     let t = sim.dispatch_times(0);
     let p = sim.dispatch_paths(0);
-    assert!(t.iter().zip(p).filter(|(&t, _)| t < 20 * MS).all(|(_, &p)| p == 0), "optimized path only");
-    assert!(t.iter().zip(p).filter(|(&t, _)| t >= 20 * MS).all(|(_, &p)| p == 1), "non-optimized once alone");
+    assert!(
+        t.iter()
+            .zip(p)
+            .filter(|(&t, _)| t < 20 * MS)
+            .all(|(_, &p)| p == 0),
+        "optimized path only"
+    );
+    assert!(
+        t.iter()
+            .zip(p)
+            .filter(|(&t, _)| t >= 20 * MS)
+            .all(|(_, &p)| p == 1),
+        "non-optimized once alone"
+    );
     assert!(sim.rate(0, 21 * MS, 40 * MS) > 90_000.0);
     sim.finish(200 * MS).unwrap();
 }
@@ -133,12 +183,20 @@ fn priority_classes_order_vms_when_capacity_is_short() {
     let mut lo = spec("lo", 10_000, Some(20_000), None);
     lo.priority = PriorityClass::Low;
     cfg.vms.push(backlogged(lo, vec![0], 32));
-    cfg.vms.push(backlogged(spec("normal", 5_000, None, None), vec![0], 32));
+    cfg.vms
+        .push(backlogged(spec("normal", 5_000, None, None), vec![0], 32));
     let mut sim = Sim::new(cfg).unwrap();
     sim.run_until(50 * MS);
     // Reservations first (all classes), then strictly by class.
-    let (hi, lo, normal) = (sim.rate(0, 10 * MS, 50 * MS), sim.rate(1, 10 * MS, 50 * MS), sim.rate(2, 10 * MS, 50 * MS));
-    assert!((lo - 20_000.0).abs() < 500.0, "low class gets its reservation: {lo}");
+    let (hi, lo, normal) = (
+        sim.rate(0, 10 * MS, 50 * MS),
+        sim.rate(1, 10 * MS, 50 * MS),
+        sim.rate(2, 10 * MS, 50 * MS),
+    );
+    assert!(
+        (lo - 20_000.0).abs() < 500.0,
+        "low class gets its reservation: {lo}"
+    );
     assert!(hi > 79_000.0, "high class takes the rest: {hi}");
     assert!(normal < 500.0, "normal waits: {normal}");
     sim.finish(500 * MS).unwrap();

@@ -34,7 +34,15 @@ pub(crate) fn config(shards: usize, paths: &[u64]) -> SimConfig {
 /// rates) leave. A limited VM whose ideal allocation is its limit must get at least 95% of
 /// it (the window check proves it never gets more); a limited VM below its limit must be
 /// within `pct + 2` percent of its ideal share.
-pub(crate) fn check_shares(sim: &Sim, cfg: &SimConfig, capacity: f64, from: u64, to: u64, pct: f64, quantum: f64) {
+pub(crate) fn check_shares(
+    sim: &Sim,
+    cfg: &SimConfig,
+    capacity: f64,
+    from: u64,
+    to: u64,
+    pct: f64,
+    quantum: f64,
+) {
     let triples: Vec<(f64, f64, f64)> = cfg
         .vms
         .iter()
@@ -99,7 +107,10 @@ pub(crate) fn check_limits(sim: &Sim, cfg: &SimConfig) {
         for w in [10 * MS, 20 * MS, 50 * MS] {
             let max = sim.max_in_window(i, w) as u64;
             let bound = l * w / 1_000_000_000 + extra;
-            assert!(max <= bound, "vm {i}: {max} dispatches in {w} ns, limit {l} IOPS allows {bound}");
+            assert!(
+                max <= bound,
+                "vm {i}: {max} dispatches in {w} ns, limit {l} IOPS allows {bound}"
+            );
         }
     }
 }
