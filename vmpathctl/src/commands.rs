@@ -110,6 +110,10 @@ pub enum Command {
     #[command(flatten)]
     Nvme(crate::nvme_commands::NvmeCommand),
 
+    /// NVMe-oF target commands (nvmf_*).
+    #[command(flatten)]
+    Nvmf(crate::nvmf_commands::NvmfCommand),
+
     /// Call any RPC method with JSON params and print the JSON result
     ///
     /// Example: `vmpathctl call bdev_get_bdevs '{"name": "Malloc0"}'`.
@@ -295,6 +299,7 @@ impl Command {
                 return Ok((m, p));
             }
             Command::Nvme(c) => return Ok(c.request()),
+            Command::Nvmf(c) => return Ok(c.request()),
             Command::Call { method, params } => {
                 let params = params
                     .as_deref()
@@ -329,6 +334,7 @@ impl Command {
             Command::VmpathGetEvents(_) => format::events(result),
             Command::Vm(c) => c.render(result),
             Command::Nvme(c) => c.render(result),
+            Command::Nvmf(c) => c.render(result),
             Command::Call { .. } => Ok(pretty(result)),
         }
     }

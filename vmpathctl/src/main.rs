@@ -9,6 +9,7 @@
 mod commands;
 mod format;
 mod nvme_commands;
+mod nvmf_commands;
 mod vm_commands;
 
 use std::io::Write;
