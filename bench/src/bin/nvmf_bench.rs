@@ -42,6 +42,9 @@ use vmpath_runtime::{ReactorHandle, Runtime, RuntimeConfig};
 
 const NQN: &str = "nqn.2016-06.io.vmpath:bench";
 const BS: u32 = 4096;
+/// Blocks of each namespace (64 MiB): small enough that the warm-up touches every page of
+/// the RAM disk, so page faults of first writes do not count.
+const NS_BLOCKS: u64 = 1 << 14;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
@@ -291,9 +294,13 @@ fn start_target(core: usize) -> Result<TargetSide> {
         hosts: vec![],
     })?;
     let null: Arc<dyn BlockDevice> =
-        Arc::new(NullBdev::new("Null0", 1 << 18, BS, Default::default())?);
-    let malloc: Arc<dyn BlockDevice> =
-        Arc::new(MallocBdev::new("Malloc0", 1 << 16, BS, Default::default())?);
+        Arc::new(NullBdev::new("Null0", NS_BLOCKS, BS, Default::default())?);
+    let malloc: Arc<dyn BlockDevice> = Arc::new(MallocBdev::new(
+        "Malloc0",
+        NS_BLOCKS,
+        BS,
+        Default::default(),
+    )?);
     target.add_namespace(
         NQN,
         NamespaceParams {
@@ -352,8 +359,8 @@ fn run_target(
     let (stream, session, dec) = io.into_parts().map_err(|e| anyhow::anyhow!("{e}"))?;
     stream.set_nonblocking(true)?;
     let (nsid, blocks) = match backend {
-        Backend::Null => (1, 1u64 << 18),
-        Backend::Malloc => (2, 1u64 << 16),
+        Backend::Null => (1, NS_BLOCKS),
+        Backend::Malloc => (2, NS_BLOCKS),
     };
     let mut load = new_load(stream, session, dec, rw, qd, nsid, blocks, 0);
     let origin = Instant::now();
