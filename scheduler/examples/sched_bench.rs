@@ -50,10 +50,10 @@ impl Scenario {
 struct Bench {
     shards: Vec<Shard>,
     vms: Vec<VmId>,
-    /// Per shard: in-flight (vm, path, bytes) in issue order.
-    inflight: Vec<std::collections::VecDeque<(VmId, PathId)>>,
+    /// In-flight (shard, vm, path) in issue order: the device completes the oldest.
+    inflight: std::collections::VecDeque<(usize, VmId, PathId)>,
     out: Vec<Released>,
-    /// In-flight requests per shard before the oldest is completed.
+    /// In-flight requests (all shards) before the oldest is completed.
     depth: usize,
     /// Held requests per shard the saturated scenario keeps.
     hold_target: u64,
@@ -96,16 +96,17 @@ fn setup(sc: Scenario, nvms: usize) -> Bench {
         })
         .collect();
     let shards = (0..2).map(|i| sched.shard(i).expect("shard")).collect();
-    // Saturated: the two paths take 64 in flight; each shard keeps 28 of its own and
-    // 2 requests per VM (at least 64) held, so every poll has a backlog to order.
+    // Saturated: the two paths take 64 in flight; the device completes the oldest request
+    // when they are full, and each shard keeps one request per VM (at least 64) held, so
+    // every arrival is held and every poll releases in share order.
     let (depth, hold_target) = match sc {
-        Scenario::Saturated => (28, (2 * nvms as u64).max(64)),
-        _ => (32, u64::MAX),
+        Scenario::Saturated => (64, (nvms as u64).max(64)),
+        _ => (64, u64::MAX),
     };
     Bench {
         shards,
         vms,
-        inflight: vec![std::collections::VecDeque::with_capacity(depth * 2); 2],
+        inflight: std::collections::VecDeque::with_capacity(depth * 2),
         out: Vec::with_capacity(1024),
         depth,
         hold_target,
@@ -124,18 +125,20 @@ fn one(b: &mut Bench, i: u64, saturated: bool) -> u64 {
     let s = (i & 1) as usize;
     let mut routed = 0;
     b.now += 100;
-    if b.inflight[s].len() >= b.depth {
-        if let Some((vm, p)) = b.inflight[s].pop_front() {
-            let _ = b.shards[s].complete(vm, p, 4096, 20_000);
+    if b.inflight.len() >= b.depth {
+        if let Some((t, vm, p)) = b.inflight.pop_front() {
+            let _ = b.shards[t].complete(vm, p, 4096, 20_000);
         }
     }
-    if !saturated || b.shards[s].held() < b.hold_target {
-        let vm = b.vms[(i as usize / 2) % n];
+    // Saturated: one arrival per completion once the backlog is built, two before.
+    let arrivals = if saturated && b.shards[s].held() < b.hold_target { 2 } else { 1 };
+    for _ in 0..arrivals {
+        let vm = b.vms[(b.next_token as usize / 2) % n];
         let token = b.next_token;
         b.next_token += 1;
         if let Ok(Decision::Route(p)) = b.shards[s].enqueue(vm, token, 4096, false, b.now) {
             routed += 1;
-            b.inflight[s].push_back((vm, p));
+            b.inflight.push_back((s, vm, p));
         }
     }
     if saturated || i & 7 == 7 {
@@ -145,7 +148,7 @@ fn one(b: &mut Bench, i: u64, saturated: bool) -> u64 {
         for r in &out {
             if let Outcome::Route(p) = r.outcome {
                 routed += 1;
-                b.inflight[s].push_back((r.vm, p));
+                b.inflight.push_back((s, r.vm, p));
             }
         }
         b.out = out;

@@ -44,7 +44,6 @@ struct Hot {
     outstanding_bytes: AtomicU64,
     ewma_service_ns: AtomicU64,
     completed_ios: AtomicU64,
-    completed_bytes: AtomicU64,
     active_weight: AtomicU64,
 }
 
@@ -77,13 +76,23 @@ impl PathLoad {
     /// I/Os submitted and not yet completed.
     #[inline]
     pub fn outstanding_ios(&self) -> u32 {
-        self.hot.outstanding_ios.load(Relaxed)
+        let v = self.hot.outstanding_ios.load(Relaxed);
+        if v > i32::MAX as u32 {
+            0
+        } else {
+            v
+        }
     }
 
     /// Bytes submitted and not yet completed.
     #[inline]
     pub fn outstanding_bytes(&self) -> u64 {
-        self.hot.outstanding_bytes.load(Relaxed)
+        let v = self.hot.outstanding_bytes.load(Relaxed);
+        if v > i64::MAX as u64 {
+            0
+        } else {
+            v
+        }
     }
 
     /// Exponentially weighted moving average of the service time (ns), 0 before any sample.
@@ -92,12 +101,9 @@ impl PathLoad {
         self.hot.ewma_service_ns.load(Relaxed)
     }
 
-    /// Completions counted so far (I/Os, bytes).
-    pub fn completed(&self) -> (u64, u64) {
-        (
-            self.hot.completed_ios.load(Relaxed),
-            self.hot.completed_bytes.load(Relaxed),
-        )
+    /// Completions counted so far.
+    pub fn completed_ios(&self) -> u64 {
+        self.hot.completed_ios.load(Relaxed)
     }
 
     /// Estimated capacity in IOPS.
@@ -127,7 +133,8 @@ impl PathLoad {
     /// True while the path can take another I/O from the scheduler.
     #[inline]
     pub fn has_room(&self) -> bool {
-        self.hot.outstanding_ios.load(Relaxed) < self.cold.max_outstanding.load(Relaxed)
+        // Signed: an unmatched completion (below zero) still leaves room.
+        (self.hot.outstanding_ios.load(Relaxed) as i32) < self.cold.max_outstanding.load(Relaxed) as i32
     }
 
     /// Counts an I/O issued on this path.
@@ -137,18 +144,12 @@ impl PathLoad {
         self.hot.outstanding_bytes.fetch_add(bytes.into(), Relaxed);
     }
 
-    /// Counts a completion with its measured service time. Saturates at zero so an
-    /// unmatched completion (a caller bug) cannot wrap the counters.
+    /// Counts a completion with its measured service time. An unmatched completion (a
+    /// caller bug) cannot make the path look busy forever: counts below zero read as 0.
     #[inline]
     pub fn on_complete(&self, bytes: u32, service_ns: u64) {
-        let _ = self
-            .hot
-            .outstanding_ios
-            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
-        let _ = self
-            .hot
-            .outstanding_bytes
-            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(bytes.into())));
+        self.hot.outstanding_ios.fetch_sub(1, Relaxed);
+        self.hot.outstanding_bytes.fetch_sub(bytes.into(), Relaxed);
         // Racy read-modify-write is fine for an average: a lost sample only delays it.
         let old = self.hot.ewma_service_ns.load(Relaxed);
         let new = if old == 0 {
@@ -158,7 +159,6 @@ impl PathLoad {
         };
         self.hot.ewma_service_ns.store(new.max(1), Relaxed);
         self.hot.completed_ios.fetch_add(1, Relaxed);
-        self.hot.completed_bytes.fetch_add(bytes.into(), Relaxed);
     }
 
     /// Updates the capacity estimates (e.g. from measured throughput).
@@ -262,9 +262,10 @@ mod tests {
         p.on_complete(8192, 1600);
         assert_eq!(p.ewma_service_ns(), 800 - 100 + 200);
         assert_eq!((p.outstanding_ios(), p.outstanding_bytes()), (0, 0));
-        // An unmatched completion saturates instead of wrapping.
+        // An unmatched completion reads as zero and leaves room.
         p.on_complete(4096, 10);
         assert_eq!((p.outstanding_ios(), p.outstanding_bytes()), (0, 0));
-        assert_eq!(p.completed(), (3, 16384));
+        assert!(p.has_room());
+        assert_eq!(p.completed_ios(), 3);
     }
 }

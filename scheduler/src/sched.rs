@@ -559,7 +559,7 @@ impl Scheduler {
                     capacity_bps: pl.capacity_bps(),
                     weight: pl.weight(),
                     max_outstanding: pl.max_outstanding(),
-                    completed_ios: pl.completed().0,
+                    completed_ios: pl.completed_ios(),
                     placed_reservation_iops: c.placed_iops[i],
                 })
             })

@@ -249,6 +249,8 @@ pub struct Shard {
     s: Arc<Scheduler>,
     me: usize,
     multi: bool,
+    /// Indices of the other shards.
+    others: Box<[usize]>,
     epoch: u64,
     d: Derived,
     vms: Vec<VmLocal>,
@@ -290,6 +292,7 @@ impl Shard {
         let v = s.vtime.load(Relaxed);
         Shard {
             multi: s.shards.len() > 1,
+            others: (0..s.shards.len()).filter(|&j| j != me).collect(),
             d: s.derived,
             epoch: 0,
             vms: (0..n).map(|_| VmLocal::new()).collect(),
@@ -472,6 +475,23 @@ impl Shard {
         let rot = self.rot & 63;
         self.rot = self.rot.wrapping_add(1);
         let paths = &self.s.paths;
+        if sel == Sel::LeastQueue {
+            // The common case, kept tight: fewest outstanding among paths with room.
+            let mut m = tier.rotate_right(rot);
+            let mut best = i32::MAX;
+            let mut best_p = usize::MAX;
+            while m != 0 {
+                let p = ((m.trailing_zeros() + rot) & 63) as usize;
+                m &= m - 1;
+                let Some(pl) = paths.get(p) else { continue };
+                let out = pl.outstanding_ios() as i32;
+                if out < best && (!need_room || pl.has_room()) {
+                    best = out;
+                    best_p = p;
+                }
+            }
+            return (best_p != usize::MAX).then_some(best_p);
+        }
         let score = |pl: &crate::path::PathLoad| -> u64 {
             match sel {
                 Sel::LeastBytes => pl.outstanding_bytes(),
@@ -821,7 +841,6 @@ impl Shard {
     /// id; `now` is the reactor's clock in ns (monotonic). Returns the path to issue it on
     /// now, or [`Decision::Held`] (it comes back from [`Shard::poll`]). A full hold queue
     /// is an error that hands the request back (backpressure, never a drop).
-    #[inline]
     pub fn enqueue(
         &mut self,
         vm: VmId,
@@ -914,13 +933,9 @@ impl Shard {
 
     #[inline]
     fn others_contended(&self, mask: u64) -> bool {
-        let shards = &self.s.shards;
-        for j in 0..shards.len() {
-            if j != self.me && shards[j].contended.0.load(Relaxed) & mask != 0 {
-                return true;
-            }
-        }
-        false
+        self.others
+            .iter()
+            .any(|&j| self.s.shards[j].contended.0.load(Relaxed) & mask != 0)
     }
 
     /// Accounting common to every routed request.
@@ -953,7 +968,6 @@ impl Shard {
 
     /// Reports the completion of a routed request: path load and service time, VM
     /// in-flight count. `service_ns` is the measured submit-to-completion time.
-    #[inline]
     pub fn complete(
         &mut self,
         vm: VmId,
