@@ -436,6 +436,13 @@ pub trait IoChannel {
     /// Maximum number of outstanding I/Os the channel accepts.
     fn capacity(&self) -> usize;
 
+    /// Queues a request on one route of a multi-route device (a fabric path of a multipath
+    /// namespace, by its path index). Devices with a single route ignore `route`.
+    fn submit_routed(&mut self, route: u16, req: IoRequest) -> Result<(), SubmitError> {
+        let _ = route;
+        self.submit(req)
+    }
+
     /// Whether the frontend should pull more requests for this channel from its queues
     /// (virtqueues, NVMe/TCP capsules). False while the device's VM is suspended or its hold
     /// queue is full: the frontend leaves requests where they are, the guest sees no error.

@@ -236,6 +236,7 @@ impl Config {
                 capacity_mbps: 2_000,
                 weight: None,
                 max_outstanding: None,
+                fabric_path: None,
             }],
             vms: vec![
                 crate::vm::VmSpec {

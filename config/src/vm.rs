@@ -64,6 +64,11 @@ pub struct PathConfig {
     /// Queue depth the scheduler keeps on the path (beyond it, requests wait in QoS order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_outstanding: Option<u32>,
+    /// For a multipath NVMe namespace bdev: which of its fabric paths (the path id shown by
+    /// `bdev_nvme_get_io_paths`) this scheduler path is. Its state then follows that path's
+    /// (up/down, ANA, failover) automatically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric_path: Option<u16>,
 }
 
 impl PathConfig {

@@ -1044,6 +1044,12 @@ impl IoChannel for MultipathChannel {
         self.submit_inner(req, None)
     }
 
+    /// The per-VM scheduler's path choice: `route` is the [`PathId`] index (see
+    /// [`submit_on`](MultipathChannel::submit_on)).
+    fn submit_routed(&mut self, route: u16, req: IoRequest) -> Result<(), SubmitError> {
+        self.submit_inner(req, Some(PathId(route)))
+    }
+
     fn poll(&mut self, _now: u64, done: &mut dyn FnMut(IoCompletion)) -> usize {
         self.poll_paths(&mut |c| {
             done(IoCompletion {

@@ -189,6 +189,7 @@ impl Daemon {
             started: Instant::now(),
         });
         crate::nvme_rpc::forward_events(&state);
+        crate::vm_rpc::follow_fabric_paths(&state);
         crate::nvme_rpc::attach_configured(&state).map_err(DaemonError::Setup)?;
         crate::build_vm_objects(&state, &config)?;
         for (i, c) in config.vhost_blks.iter().enumerate() {

@@ -96,8 +96,75 @@ pub fn add_path(state: &State, p: &PathConfig) -> Result<(), RpcError> {
     if state.volumes.scheduler().path_id(&p.name).is_some() {
         return Err(RpcError::exists(format!("path {} already exists", p.name)));
     }
-    state.volumes.add_path(p.spec(), dev).map_err(sched_err)?;
+    let mut spec = p.spec();
+    if let Some(route) = p.fabric_path {
+        let ns = state.nvme.namespace(&p.bdev).ok_or_else(|| {
+            RpcError::invalid_params(format!(
+                "fabric_path: bdev {} is not a multipath NVMe namespace",
+                p.bdev
+            ))
+        })?;
+        let path = ns.path(nvme_paths::PathId(route)).ok_or_else(|| {
+            RpcError::invalid_params(format!(
+                "fabric_path: namespace {} has no path {route} (see bdev_nvme_get_io_paths)",
+                p.bdev
+            ))
+        })?;
+        spec.state = sched_state(path.state());
+    }
+    state
+        .volumes
+        .add_routed_path(spec, dev, p.fabric_path)
+        .map_err(sched_err)?;
     Ok(())
+}
+
+/// The scheduler's view of a fabric path state (the same six states).
+pub fn sched_state(s: nvme_paths::PathState) -> PathState {
+    match s {
+        nvme_paths::PathState::Connecting => PathState::Connecting,
+        nvme_paths::PathState::Optimized => PathState::Optimized,
+        nvme_paths::PathState::NonOptimized => PathState::NonOptimized,
+        nvme_paths::PathState::Inaccessible => PathState::Inaccessible,
+        nvme_paths::PathState::Failed => PathState::Failed,
+        nvme_paths::PathState::FailingOver => PathState::FailingOver,
+    }
+}
+
+/// Keeps scheduler paths over fabric paths in step with them: up/down, ANA changes and
+/// failovers reported by the NVMe/TCP host update the scheduler, which re-routes, holds or
+/// suspends the VMs that use them.
+pub fn follow_fabric_paths(state: &Arc<State>) {
+    let mgr = state.volumes.clone();
+    state.nvme.on_event(Box::new(move |e| {
+        let Some(id) = mgr.path_for_route(&e.bdev, e.path.0) else {
+            return;
+        };
+        let sched = mgr.scheduler();
+        let r = match &e.kind {
+            nvme_paths::PathEventKind::FailoverStarted => sched.failover_started(id),
+            nvme_paths::PathEventKind::FailoverFinished { .. } => {
+                sched.failover_finished(id, PathState::Failed)
+            }
+            nvme_paths::PathEventKind::Up { state } => {
+                sched.set_path_state(id, sched_state(*state))
+            }
+            nvme_paths::PathEventKind::AnaChange { new, .. } => {
+                sched.set_path_state(id, sched_state(*new))
+            }
+            nvme_paths::PathEventKind::Down { .. } | nvme_paths::PathEventKind::Removed { .. } => {
+                sched.set_path_state(id, PathState::Failed)
+            }
+            nvme_paths::PathEventKind::Added => Ok(()),
+        };
+        match r {
+            Ok(()) => tracing::info!(bdev = %e.bdev, path = %e.path_name, sched_path = id.index(),
+                event = ?e.kind, "scheduler path follows fabric path"),
+            Err(err) => {
+                tracing::warn!(path = %e.path_name, error = %err, "scheduler path state update")
+            }
+        }
+    }));
 }
 
 /// Creates a volume (and registers it as a bdev).

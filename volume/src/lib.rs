@@ -86,7 +86,14 @@ thread_local! {
 pub struct VolumeManager {
     id: u64,
     sched: Arc<Scheduler>,
-    paths: RwLock<Vec<Option<Arc<dyn BlockDevice>>>>,
+    paths: RwLock<Vec<Option<PathTarget>>>,
+}
+
+/// What a scheduler path leads to: a device, and for a multipath device one of its routes.
+#[derive(Debug, Clone)]
+struct PathTarget {
+    dev: Arc<dyn BlockDevice>,
+    route: Option<u16>,
 }
 
 impl VolumeManager {
@@ -110,13 +117,34 @@ impl VolumeManager {
         spec: PathSpec,
         dev: Arc<dyn BlockDevice>,
     ) -> Result<PathId, VolumeError> {
+        self.add_routed_path(spec, dev, None)
+    }
+
+    /// Registers one route of a multi-route device (a fabric path of a multipath namespace,
+    /// by its path index) as a scheduler path: requests the scheduler sends there are
+    /// submitted with [`IoChannel::submit_routed`]. Several scheduler paths over the same
+    /// device share one channel per reactor.
+    pub fn add_routed_path(
+        &self,
+        spec: PathSpec,
+        dev: Arc<dyn BlockDevice>,
+        route: Option<u16>,
+    ) -> Result<PathId, VolumeError> {
         let id = self.sched.add_path(spec)?;
         let mut t = self.paths.write().expect("path table");
         if t.len() <= id.index() {
             t.resize(id.index() + 1, None);
         }
-        t[id.index()] = Some(dev);
+        t[id.index()] = Some(PathTarget { dev, route });
         Ok(id)
+    }
+
+    fn path_target(&self, id: PathId) -> Option<PathTarget> {
+        self.paths
+            .read()
+            .expect("path table")
+            .get(id.index())
+            .and_then(|d| d.clone())
     }
 
     /// Unregisters a path (the scheduler refuses while a VM depends on it).
@@ -130,11 +158,21 @@ impl VolumeManager {
 
     /// The device behind a path.
     pub fn path_device(&self, id: PathId) -> Option<Arc<dyn BlockDevice>> {
+        self.path_target(id).map(|t| t.dev)
+    }
+
+    /// The scheduler path registered for `route` of device `dev` (by name).
+    pub fn path_for_route(&self, dev: &str, route: u16) -> Option<PathId> {
         self.paths
             .read()
             .expect("path table")
-            .get(id.index())
-            .and_then(|d| d.clone())
+            .iter()
+            .enumerate()
+            .find(|(_, t)| {
+                t.as_ref()
+                    .is_some_and(|t| t.route == Some(route) && t.dev.info().name == dev)
+            })
+            .map(|(i, _)| PathId(i as u16))
     }
 
     /// Creates a volume of VM `vm`: blocks `offset_blocks..offset_blocks+num_blocks` of the
@@ -400,7 +438,11 @@ pub struct ReactorSched {
     shard: Shard,
     reqs: Vec<Option<Pending>>,
     free: Vec<u32>,
-    path_chans: Vec<Option<Box<dyn IoChannel>>>,
+    /// Per scheduler path: index into `dev_chans` and the route, once resolved.
+    path_chans: Vec<Option<(usize, Option<u16>)>>,
+    /// One channel per distinct device (scheduler paths over routes of one device share it),
+    /// keyed by the device's address.
+    dev_chans: Vec<(*const (), Box<dyn IoChannel>)>,
     chans: Vec<ChanSlot>,
     /// Requests routed but refused by a full path channel, retried in order.
     retry: std::collections::VecDeque<u32>,
@@ -430,6 +472,7 @@ impl ReactorSched {
             reqs: Vec::new(),
             free: Vec::new(),
             path_chans: Vec::new(),
+            dev_chans: Vec::new(),
             chans: Vec::new(),
             retry: std::collections::VecDeque::new(),
             released: Vec::with_capacity(RELEASE_BATCH),
@@ -496,20 +539,30 @@ impl ReactorSched {
         }
     }
 
-    fn path_channel(&mut self, path: PathId) -> Result<&mut Box<dyn IoChannel>, IoError> {
+    /// The channel index (and route) of a scheduler path, opened on first use.
+    fn path_channel(&mut self, path: PathId) -> Result<(usize, Option<u16>), IoError> {
         let i = path.index();
         if self.path_chans.len() <= i {
             self.path_chans.resize_with(i + 1, || None);
         }
-        if self.path_chans[i].is_none() {
-            let dev = self.mgr.path_device(path).ok_or(IoError::NoPath)?;
-            let ch = dev.open_channel().map_err(|e| {
-                tracing::error!(path = i, error = %e, "cannot open path channel");
-                IoError::NoPath
-            })?;
-            self.path_chans[i] = Some(ch);
+        if let Some(c) = self.path_chans[i] {
+            return Ok(c);
         }
-        Ok(self.path_chans[i].as_mut().expect("opened above"))
+        let t = self.mgr.path_target(path).ok_or(IoError::NoPath)?;
+        let key = Arc::as_ptr(&t.dev) as *const ();
+        let ci = match self.dev_chans.iter().position(|(k, _)| *k == key) {
+            Some(ci) => ci,
+            None => {
+                let ch = t.dev.open_channel().map_err(|e| {
+                    tracing::error!(path = i, error = %e, "cannot open path channel");
+                    IoError::NoPath
+                })?;
+                self.dev_chans.push((key, ch));
+                self.dev_chans.len() - 1
+            }
+        };
+        self.path_chans[i] = Some((ci, t.route));
+        Ok((ci, t.route))
     }
 
     /// Issues request `idx` on `path`.
@@ -547,8 +600,15 @@ impl ReactorSched {
             self.finish(idx, Err(IoError::NoPath));
             return;
         }
-        match self.path_channel(path) {
-            Ok(ch) => match ch.submit(req) {
+        let submitted = self.path_channel(path).map(|(ci, route)| {
+            let ch = &mut self.dev_chans[ci].1;
+            match route {
+                Some(r) => ch.submit_routed(r, req),
+                None => ch.submit(req),
+            }
+        });
+        match submitted {
+            Ok(r) => match r {
                 Ok(()) => self.inflight += 1,
                 Err(SubmitError {
                     reason: SubmitErrorKind::QueueFull,
@@ -659,7 +719,7 @@ impl ReactorSched {
         // Reap completions of every path channel.
         let mut done = std::mem::take(&mut self.done_buf);
         done.clear();
-        for ch in self.path_chans.iter_mut().flatten() {
+        for (_, ch) in self.dev_chans.iter_mut() {
             if ch.outstanding() > 0 {
                 ch.poll(now, &mut |c| done.push(c));
             }
