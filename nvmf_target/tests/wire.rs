@@ -123,7 +123,7 @@ fn tshark_sees_well_formed_nvme_tcp() {
         "malformed or suspicious PDUs:\n{bad}"
     );
     let types: BTreeSet<u32> = decode(&["-Y", "nvme-tcp", "-T", "fields", "-e", "nvme-tcp.type"])
-        .split(|c: char| c == '\n' || c == ',')
+        .split(['\n', ','])
         .filter_map(|t| t.trim().parse().ok())
         .collect();
     // ICReq, ICResp, CapsuleCmd, CapsuleResp, H2CData, C2HData, R2T.
