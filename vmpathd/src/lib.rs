@@ -29,6 +29,23 @@ pub(crate) fn build_vm_objects(
     state: &daemon::State,
     config: &vmpath_config::Config,
 ) -> Result<(), DaemonError> {
+    // Fabric paths attached at start may still be connecting: give them a moment, so VMs are
+    // homed over the paths that will actually serve them (vm-affinity spreads VMs over
+    // optimized paths).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for p in config.paths.iter().filter(|p| p.fabric_path.is_some()) {
+        while std::time::Instant::now() < deadline {
+            let connecting = state
+                .nvme
+                .namespace(&p.bdev)
+                .and_then(|ns| ns.path(nvme_paths::PathId(p.fabric_path.unwrap_or(0))))
+                .is_none_or(|path| path.state() == nvme_paths::PathState::Connecting);
+            if !connecting {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     for (i, p) in config.paths.iter().enumerate() {
         vm_rpc::add_path(state, p)
             .map_err(|e| DaemonError::Setup(format!("path[{i}] ({}): {}", p.name, e.message)))?;
