@@ -255,7 +255,9 @@ impl Connection {
     /// the negotiated session and the decoder. Fails if received bytes are still buffered.
     pub fn into_parts(self) -> Result<(TcpStream, Session, Decoder), InitiatorError> {
         if self.rx_pos < self.rx_len || !self.dec.at_pdu_boundary() || !self.out.is_empty() {
-            return Err(InitiatorError::Unexpected("connection has unprocessed input".into()));
+            return Err(InitiatorError::Unexpected(
+                "connection has unprocessed input".into(),
+            ));
         }
         let s = self.enc.session();
         Ok((self.stream, s, self.dec))
