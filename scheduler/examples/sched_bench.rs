@@ -6,19 +6,21 @@
 //! cargo run --release -p scheduler --example sched_bench -- fairness
 //! # instructions per request (fixed iteration count, only the measured loop is counted):
 //! valgrind --tool=callgrind --toggle-collect='*run_requests*' \
-//!     target/release/examples/sched_bench count <fast|qos|saturated> <vms> <iters>
+//!     target/release/examples/sched_bench count <fast|lqd|qos|saturated> <vms> <iters>
 //! # then: instructions/request = "Collected" Ir / iters (printed by callgrind)
 //! ```
 //!
 //! Scenarios, all with 2 reactor shards driven from one thread (so the count is exact),
 //! each VM's requests alternating between the two shards, 4 KiB requests:
-//! * `fast`: paths never full, no limits: every request is routed at once
-//!   (enqueue → route, complete; one poll per 8 requests).
+//! * `fast`: paths never full, no limits, vm-affinity (the default selector): every
+//!   request is routed at once (enqueue → route, complete; one poll per 8 requests).
+//! * `lqd`: as `fast` with the least-queue-depth selector over the two paths.
 //! * `qos`: as `fast`, but every VM has a reservation and a limit (not binding), so each
 //!   request also claims the limit tags (CAS) — the realistic QoS case.
-//! * `saturated`: 2 paths with queue depth 32 each and 2 requests outstanding per VM:
-//!   requests are held and released by `poll` in share order (enqueue → held, poll →
-//!   released from the bucket queues, complete).
+//! * `saturated`: 2 paths with queue depth 32 each, full, and a backlog of one request per
+//!   VM (at least 64) per shard: every request is held and released by `poll` in share
+//!   order (enqueue → held, poll → released from the bucket queues, complete). One poll
+//!   per 8 requests, as a reactor that handles a batch of completions per loop.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -32,6 +34,7 @@ use scheduler::{
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Scenario {
     Fast,
+    Lqd,
     Qos,
     Saturated,
 }
@@ -40,6 +43,7 @@ impl Scenario {
     fn parse(s: &str) -> Option<Self> {
         match s {
             "fast" => Some(Scenario::Fast),
+            "lqd" => Some(Scenario::Lqd),
             "qos" => Some(Scenario::Qos),
             "saturated" => Some(Scenario::Saturated),
             _ => None,
@@ -83,7 +87,9 @@ fn setup(sc: Scenario, nvms: usize) -> Bench {
         .map(|i| {
             let mut s = VmSpec::new(format!("vm{i}"));
             s.shares = [500, 1000, 2000][i % 3];
-            s.path_policy.selector = SelectorSpec::LeastQueueDepth;
+            if sc == Scenario::Lqd {
+                s.path_policy.selector = SelectorSpec::LeastQueueDepth;
+            }
             s.max_held = 1024;
             if sc == Scenario::Qos {
                 s.reservation.iops = Some(1_000);
@@ -116,9 +122,9 @@ fn setup(sc: Scenario, nvms: usize) -> Bench {
     }
 }
 
-/// One request's worth of work: complete the oldest in-flight request of this shard (if
-/// it has enough outstanding), enqueue a new request, and poll (every 8th iteration when
-/// nothing is held, every iteration when saturated).
+/// One request's worth of work: complete the oldest in-flight request (once enough are
+/// outstanding), enqueue a new request, and poll every 8th iteration (a reactor loop that
+/// handles a batch of completions, as under load).
 #[inline(always)]
 fn one(b: &mut Bench, i: u64, saturated: bool) -> u64 {
     let n = b.vms.len();
@@ -131,7 +137,11 @@ fn one(b: &mut Bench, i: u64, saturated: bool) -> u64 {
         }
     }
     // Saturated: one arrival per completion once the backlog is built, two before.
-    let arrivals = if saturated && b.shards[s].held() < b.hold_target { 2 } else { 1 };
+    let arrivals = if saturated && b.shards[s].held() < b.hold_target {
+        2
+    } else {
+        1
+    };
     for _ in 0..arrivals {
         let vm = b.vms[(b.next_token as usize / 2) % n];
         let token = b.next_token;
@@ -141,7 +151,7 @@ fn one(b: &mut Bench, i: u64, saturated: bool) -> u64 {
             b.inflight.push_back((s, vm, p));
         }
     }
-    if saturated || i & 7 == 7 {
+    if i & 7 == 7 {
         b.out.clear();
         let mut out = std::mem::take(&mut b.out);
         b.shards[s].poll(b.now, &mut out, 64);
@@ -184,7 +194,12 @@ fn time_mode() {
         "{:>10} {:>6} {:>12} {:>10}",
         "scenario", "VMs", "ns/request", "routed%"
     );
-    for sc in [Scenario::Fast, Scenario::Qos, Scenario::Saturated] {
+    for sc in [
+        Scenario::Fast,
+        Scenario::Lqd,
+        Scenario::Qos,
+        Scenario::Saturated,
+    ] {
         for nvms in [1usize, 100, 1000] {
             let mut b = setup(sc, nvms);
             // Warm up: fill queues and reach steady state.
@@ -205,7 +220,7 @@ fn time_mode() {
 }
 
 fn count_mode(args: &[String]) -> Result<(), String> {
-    let usage = "usage: sched_bench count <fast|qos|saturated> <vms> <iters>";
+    let usage = "usage: sched_bench count <fast|lqd|qos|saturated> <vms> <iters>";
     let sc = args.first().and_then(|s| Scenario::parse(s)).ok_or(usage)?;
     let nvms: usize = args.get(1).and_then(|s| s.parse().ok()).ok_or(usage)?;
     let iters: u64 = args.get(2).and_then(|s| s.parse().ok()).ok_or(usage)?;

@@ -134,7 +134,17 @@ impl PathLoad {
     #[inline]
     pub fn has_room(&self) -> bool {
         // Signed: an unmatched completion (below zero) still leaves room.
-        (self.hot.outstanding_ios.load(Relaxed) as i32) < self.cold.max_outstanding.load(Relaxed) as i32
+        (self.hot.outstanding_ios.load(Relaxed) as i32)
+            < self.cold.max_outstanding.load(Relaxed) as i32
+    }
+
+    /// (outstanding I/Os, queue depth) as signed values for comparisons.
+    #[inline(always)]
+    pub(crate) fn load_pair(&self) -> (i32, i32) {
+        (
+            self.hot.outstanding_ios.load(Relaxed) as i32,
+            self.cold.max_outstanding.load(Relaxed) as i32,
+        )
     }
 
     /// Counts an I/O issued on this path.

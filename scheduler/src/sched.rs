@@ -224,7 +224,7 @@ pub(crate) struct ShardPublic {
     pub pub_vset: AtomicU32,
     /// `now` of the last publication (stale publications are ignored by the gate).
     pub pub_time: AtomicU64,
-    pub counters: Box<[VmCounters]>,
+    pub counters: Arc<[VmCounters]>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -305,7 +305,10 @@ impl Scheduler {
                 pub_time: AtomicU64::new(0),
                 pub_vmin: Default::default(),
                 pub_vset: AtomicU32::new(0),
-                counters: (0..n).map(|_| VmCounters::default()).collect(),
+                counters: (0..n)
+                    .map(|_| VmCounters::default())
+                    .collect::<Vec<_>>()
+                    .into(),
             })
             .collect();
         // One 4 KiB request at 1000 shares, in virtual-time units.

@@ -251,6 +251,8 @@ pub struct Shard {
     multi: bool,
     /// Indices of the other shards.
     others: Box<[usize]>,
+    /// This shard's per-VM counters (shared with the control plane).
+    ctr: Arc<[crate::sched::VmCounters]>,
     epoch: u64,
     d: Derived,
     vms: Vec<VmLocal>,
@@ -272,6 +274,10 @@ pub struct Shard {
     v_floor: [Option<u64>; PriorityClass::COUNT],
     /// Per class: smallest start tag waiting here (computed each poll).
     v_own: [Option<u64>; PriorityClass::COUNT],
+    /// Per target and class: smallest start tag waiting (valid for targets not dirty).
+    tmin: Vec<[Option<u64>; PriorityClass::COUNT]>,
+    /// Targets whose share wheels or reservation lists changed since the last publish.
+    dirty: u64,
     v_max: Option<u64>,
     rot: u32,
     deferred: VecDeque<Released>,
@@ -293,6 +299,7 @@ impl Shard {
         Shard {
             multi: s.shards.len() > 1,
             others: (0..s.shards.len()).filter(|&j| j != me).collect(),
+            ctr: Arc::clone(&s.shards[me].counters),
             d: s.derived,
             epoch: 0,
             vms: (0..n).map(|_| VmLocal::new()).collect(),
@@ -311,6 +318,8 @@ impl Shard {
             v_local: [v; PriorityClass::COUNT],
             v_floor: [None; PriorityClass::COUNT],
             v_own: [None; PriorityClass::COUNT],
+            tmin: vec![[None; PriorityClass::COUNT]; NT],
+            dirty: 0,
             v_max: None,
             rot: 0,
             deferred: VecDeque::new(),
@@ -409,7 +418,7 @@ impl Shard {
                     self.s.paths[usize::from(l.vw_path)].sub_active_weight(l.vw_weight);
                 }
                 *l = VmLocal::new();
-                let c = &self.s.shards[self.me].counters[i];
+                let c = &self.ctr[i];
                 c.held.store(0, Relaxed);
                 c.inflight.store(0, Relaxed);
             }
@@ -434,10 +443,11 @@ impl Shard {
 
     // ----- path choice -------------------------------------------------------------------
 
-    /// (usable allowed paths in the best tier, all usable allowed paths).
+    /// (usable allowed paths in the best tier, all usable allowed paths) for an affinity
+    /// mask (0 = all paths).
     #[inline]
-    fn tier(&self, p: &VmParams) -> (u64, u64) {
-        let allowed = if p.affinity == 0 { !0 } else { p.affinity };
+    fn tier(&self, affinity: u64) -> (u64, u64) {
+        let allowed = if affinity == 0 { !0 } else { affinity };
         let opt = self.s.opt_mask.load(Relaxed) & allowed;
         let non = self.s.nonopt_mask.load(Relaxed) & allowed;
         (if opt != 0 { opt } else { non }, opt | non)
@@ -479,18 +489,18 @@ impl Shard {
             // The common case, kept tight: fewest outstanding among paths with room.
             let mut m = tier.rotate_right(rot);
             let mut best = i32::MAX;
-            let mut best_p = usize::MAX;
+            let mut best_p = None;
             while m != 0 {
                 let p = ((m.trailing_zeros() + rot) & 63) as usize;
                 m &= m - 1;
                 let Some(pl) = paths.get(p) else { continue };
-                let out = pl.outstanding_ios() as i32;
-                if out < best && (!need_room || pl.has_room()) {
+                let (out, max) = pl.load_pair();
+                if out < best && (!need_room || out < max) {
                     best = out;
-                    best_p = p;
+                    best_p = Some(p);
                 }
             }
-            return (best_p != usize::MAX).then_some(best_p);
+            return best_p;
         }
         let score = |pl: &crate::path::PathLoad| -> u64 {
             match sel {
@@ -572,12 +582,12 @@ impl Shard {
 
     /// The head's target: a path, `ANY`, or None when no allowed path is usable.
     fn target_for(&mut self, i: usize) -> Option<usize> {
-        let p = self.vms[i].p;
-        let (tier, usable) = self.tier(&p);
+        let (sel, affinity) = (self.vms[i].p.sel, self.vms[i].p.affinity);
+        let (tier, usable) = self.tier(affinity);
         if tier == 0 {
             return None;
         }
-        match p.sel {
+        match sel {
             Sel::Affinity => {
                 let sv = self.s.vms[i].tags.serving.load(Relaxed);
                 (sv != NO_PATH && usable & bit(sv as usize) != 0).then_some(sv as usize)
@@ -585,7 +595,7 @@ impl Shard {
             Sel::RoundRobin => Some(self.rr_select(i, tier)),
             // vm-weighted keeps its placement (re-evaluated every VW_REBALANCE dispatches).
             Sel::Weighted => self.pick(i, tier, false),
-            _ if p.affinity == 0 => Some(ANY),
+            _ if affinity == 0 => Some(ANY),
             _ => self.pick(i, tier, false),
         }
     }
@@ -705,6 +715,7 @@ impl Shard {
 
     #[inline]
     fn pending_inc(&mut self, t: usize) {
+        self.dirty |= bit(t);
         self.pending[t] += 1;
         if self.pending[t] == 1 {
             self.pending_mask |= bit(t);
@@ -714,6 +725,7 @@ impl Shard {
 
     #[inline]
     fn pending_dec(&mut self, t: usize) {
+        self.dirty |= bit(t);
         self.pending[t] -= 1;
         if self.pending[t] == 0 {
             self.pending_mask &= !bit(t);
@@ -780,8 +792,17 @@ impl Shard {
             self.suspended.push_back(&mut self.links, snode(i), 0);
             return;
         }
-        let p = self.vms[i].p;
-        if p.has_limit() {
+        let (limited, fo, fail_timeout_ns, class, reserved) = {
+            let p = &self.vms[i].p;
+            (
+                p.has_limit(),
+                p.fo,
+                p.fail_timeout_ns,
+                usize::from(p.class),
+                p.has_reservation(),
+            )
+        };
+        if limited {
             if let Some(at) = self.limit_wait(i, now) {
                 self.vms[i].cont = false;
                 self.vms[i].st = St::Limit;
@@ -793,9 +814,9 @@ impl Shard {
             self.vms[i].cont = false;
             self.vms[i].st = St::PathWait;
             self.path_wait.push_back(&mut self.links, snode(i), 0);
-            if p.fo == Fo::FailAfter {
+            if fo == Fo::FailAfter {
                 let since = *self.vms[i].nopath_since.get_or_insert(now);
-                let at = since.saturating_add(p.fail_timeout_ns);
+                let at = since.saturating_add(fail_timeout_ns);
                 self.timers.insert(&mut self.links, tnode(i), at);
             }
             return;
@@ -807,7 +828,6 @@ impl Shard {
             l.has_start = true;
         }
         self.vms[i].cont = false;
-        let class = usize::from(p.class);
         let start = self.vms[i].start;
         let base = self.vtime(class);
         let w = self.share[class * NT + t].get_or_insert_with(|| Box::new(Wheel::new(base)));
@@ -815,7 +835,7 @@ impl Shard {
         self.share_len[class] += 1;
         self.pending_inc(t);
         let mut resv = Resv::None;
-        if p.has_reservation() {
+        if reserved {
             let due = self.resv_due_at(i);
             if due <= now {
                 self.resv_due[t].push_back(&mut self.links, rnode(i), due);
@@ -849,25 +869,42 @@ impl Shard {
         is_write: bool,
         now: u64,
     ) -> Result<Decision, ShardError> {
-        self.sync(now);
+        if self.s.epoch.load(Acquire) != self.epoch {
+            self.sync(now);
+        }
         let i = vm.index as usize;
         let Some(l) = self.vms.get(i) else {
             return Err(ShardError::UnknownVm(vm));
         };
-        if !l.p.live || l.p.gen != vm.gen {
+        if l.p.gen != vm.gen || !l.p.live {
             return Err(ShardError::UnknownVm(vm));
         }
         if l.st == St::Idle {
             if let Some(p) = self.try_fast(i, bytes, now) {
                 return Ok(Decision::Route(PathId(p as u16)));
             }
-        } else if l.queue.len() as u32 >= l.p.max_held {
+        }
+        self.hold(vm, token, bytes, is_write, now)
+    }
+
+    /// The hold path of [`Shard::enqueue`]: append to the VM's FIFO (or refuse when full).
+    #[inline(never)]
+    fn hold(
+        &mut self,
+        vm: VmId,
+        token: u64,
+        bytes: u32,
+        is_write: bool,
+        now: u64,
+    ) -> Result<Decision, ShardError> {
+        let i = vm.index as usize;
+        let l = &mut self.vms[i];
+        if l.st != St::Idle && l.queue.len() as u32 >= l.p.max_held {
             return Err(ShardError::QueueFull {
                 vm,
                 held: l.queue.len() as u32,
             });
         }
-        let l = &mut self.vms[i];
         l.queue.push_back(Entry {
             token,
             bytes,
@@ -876,7 +913,7 @@ impl Shard {
         let n = l.queue.len() as u64;
         let idle = l.st == St::Idle;
         self.held += 1;
-        self.s.shards[self.me].counters[i].held.store(n, Relaxed);
+        self.ctr[i].held.store(n, Relaxed);
         if idle {
             self.activate_head(i, now);
         }
@@ -931,18 +968,24 @@ impl Shard {
         Some(path)
     }
 
-    #[inline]
+    #[inline(always)]
     fn others_contended(&self, mask: u64) -> bool {
-        self.others
-            .iter()
-            .any(|&j| self.s.shards[j].contended.0.load(Relaxed) & mask != 0)
+        let shards = &*self.s.shards;
+        for &j in self.others.iter() {
+            if let Some(o) = shards.get(j) {
+                if o.contended.0.load(Relaxed) & mask != 0 {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Accounting common to every routed request.
-    #[inline]
+    #[inline(always)]
     fn commit_dispatch(&mut self, i: usize, path: usize, bytes: u32, now: u64) {
         self.s.paths[path].on_submit(bytes);
-        let c = &self.s.shards[self.me].counters[i];
+        let c = &self.ctr[i];
         let l = &mut self.vms[i];
         l.inflight += 1;
         c.inflight.store(l.inflight.into(), Relaxed);
@@ -984,7 +1027,7 @@ impl Shard {
         if let Some(l) = self.vms.get_mut(vm.index as usize) {
             if l.p.gen == vm.gen && l.inflight > 0 {
                 l.inflight -= 1;
-                self.s.shards[self.me].counters[vm.index as usize]
+                self.ctr[vm.index as usize]
                     .inflight
                     .store(l.inflight.into(), Relaxed);
             }
@@ -1059,7 +1102,7 @@ impl Shard {
         if self.multi {
             self.publish(now);
         } else {
-            self.own_min();
+            self.refresh_tmin();
         }
         if let Some(v) = self.v_max.take() {
             let g = &self.s.vtime;
@@ -1205,8 +1248,7 @@ impl Shard {
             }
         }
         let path = if usize::from(self.vms[i].target) == ANY {
-            let params = self.vms[i].p;
-            let (tier, _) = self.tier(&params);
+            let (tier, _) = self.tier(self.vms[i].p.affinity);
             match self.pick(i, tier, true) {
                 Some(q) => q,
                 None => p,
@@ -1243,9 +1285,7 @@ impl Shard {
             gen: l.p.gen,
         };
         self.held -= 1;
-        self.s.shards[self.me].counters[i]
-            .held
-            .store(n as u64, Relaxed);
+        self.ctr[i].held.store(n as u64, Relaxed);
         self.commit_dispatch(i, path, e.bytes, now);
         out.push(Released {
             vm,
@@ -1266,6 +1306,7 @@ impl Shard {
                 let l = &self.vms[i];
                 if l.st == St::Eligible && l.resv == Resv::Timer {
                     let t = usize::from(l.target);
+                    self.dirty |= bit(t);
                     self.resv_due[t].push_back(&mut self.links, rnode(i), key);
                     self.vms[i].resv = Resv::Due;
                 }
@@ -1296,7 +1337,7 @@ impl Shard {
                         });
                     }
                     self.held -= count;
-                    let c = &self.s.shards[self.me].counters[i];
+                    let c = &self.ctr[i];
                     c.held.store(0, Relaxed);
                     bump(&c.failed, count);
                 }
@@ -1322,7 +1363,8 @@ impl Shard {
         }
     }
 
-    /// Per class, the smallest start tag waiting on this shard.
+    /// Per class, the smallest start tag waiting on this shard (from the per-target
+    /// minima kept by [`Shard::refresh_tmin`] / [`Shard::publish`]).
     fn own_min(&mut self) {
         let mut vmin: [Option<u64>; PriorityClass::COUNT] = [None; PriorityClass::COUNT];
         let mut m = self.pending_mask;
@@ -1330,18 +1372,32 @@ impl Shard {
             let t = m.trailing_zeros() as usize;
             m &= m - 1;
             for (c, slot) in vmin.iter_mut().enumerate() {
-                if self.share_len[c] == 0 {
-                    continue;
-                }
-                if let Some(w) = self.share[c * NT + t].as_mut() {
-                    if let Some((n, _)) = w.peek(&self.links) {
-                        let k = self.vms[n as usize / 3].start;
-                        *slot = Some(slot.map_or(k, |f| if before(k, f) { k } else { f }));
-                    }
+                if let Some(k) = self.tmin[t][c] {
+                    *slot = Some(slot.map_or(k, |f| if before(k, f) { k } else { f }));
                 }
             }
         }
         self.v_own = vmin;
+    }
+
+    /// Recomputes the per-class minima of changed targets (single-shard builds do not
+    /// publish, but keep `v_own`).
+    fn refresh_tmin(&mut self) {
+        let mut m = self.dirty & self.pending_mask;
+        self.dirty = 0;
+        while m != 0 {
+            let t = m.trailing_zeros() as usize;
+            m &= m - 1;
+            for c in 0..PriorityClass::COUNT {
+                self.tmin[t][c] = match self.share[c * NT + t].as_mut() {
+                    Some(w) if !w.is_empty() => w
+                        .peek(&self.links)
+                        .map(|(n, _)| self.vms[n as usize / 3].start),
+                    _ => None,
+                };
+            }
+        }
+        self.own_min();
     }
 
     /// Caches, per class, the smallest start tag other (live) shards have waiting.
@@ -1363,30 +1419,36 @@ impl Shard {
     }
 
     /// Publishes, per target, the best waiting class and its smallest start tag, and per
-    /// class the smallest start tag waiting here.
+    /// class the smallest start tag waiting here (also kept in `v_own`). Targets whose
+    /// structures did not change since the last call are not looked at again.
     fn publish(&mut self, now: u64) {
         let me = &self.s.shards[self.me];
         me.pub_time.store(now, Relaxed);
-        let mut m = self.pending_mask | self.pub_targets;
+        let mut m = self.dirty & (self.pending_mask | self.pub_targets);
+        self.dirty = 0;
         while m != 0 {
             let t = m.trailing_zeros() as usize;
             m &= m - 1;
-            // Class 0 = reservation-due requests (served before any share-phase request);
-            // priority classes follow as 1 + index.
-            let mut best = self.resv_due[t].front(&self.links).map(|(_, k)| (0u32, k));
-            for c in 0..PriorityClass::COUNT {
-                if best.is_some() {
-                    break;
-                }
-                if self.share_len[c] == 0 {
-                    continue;
-                }
+            // Per class minimum of this target; class 0 in `pub_class` = reservation-due
+            // (served before any share-phase request), then 1 + priority class index.
+            let mut mins = [None; PriorityClass::COUNT];
+            for (c, slot) in mins.iter_mut().enumerate() {
                 if let Some(w) = self.share[c * NT + t].as_mut() {
-                    if let Some((n, _)) = w.peek(&self.links) {
-                        best = Some((c as u32 + 1, self.vms[n as usize / 3].start));
+                    if !w.is_empty() {
+                        if let Some((n, _)) = w.peek(&self.links) {
+                            *slot = Some(self.vms[n as usize / 3].start);
+                        }
                     }
                 }
             }
+            self.tmin[t] = mins;
+            let best = match self.resv_due[t].front(&self.links) {
+                Some((_, k)) => Some((0u32, k)),
+                None => mins
+                    .iter()
+                    .enumerate()
+                    .find_map(|(c, k)| k.map(|k| (c as u32 + 1, k))),
+            };
             match best {
                 Some((c, k)) => {
                     me.pub_key[t].store(k, Relaxed);
@@ -1400,10 +1462,9 @@ impl Shard {
             }
         }
         self.own_min();
-        let vmin = self.v_own;
         let me = &self.s.shards[self.me];
         let mut set = 0;
-        for (c, v) in vmin.iter().enumerate() {
+        for (c, v) in self.v_own.iter().enumerate() {
             if let Some(k) = v {
                 me.pub_vmin[c].store(*k, Relaxed);
                 set |= 1 << c;
@@ -1436,7 +1497,7 @@ impl Shard {
                     outcome: Outcome::Fail(FailReason::Drained),
                 });
             }
-            self.s.shards[self.me].counters[i].held.store(0, Relaxed);
+            self.ctr[i].held.store(0, Relaxed);
         }
         self.held = 0;
         out.len() - first
