@@ -104,6 +104,54 @@ pub enum VmCommand {
         visible_alias = "volumes"
     )]
     VolumeGetVolumes,
+
+    /// Create a vhost-user-blk virtual disk for a QEMU or cloud-hypervisor guest (RPC vhost_create_blk_controller)
+    ///
+    /// Example: `vmpathctl vhost_create_blk_controller vm-a.sock vm-a-disk --num-queues 4`
+    /// serves the volume vm-a-disk on the socket <vhost socket dir>/vm-a.sock; QEMU attaches
+    /// with `-chardev socket,id=c0,path=/var/tmp/vm-a.sock,reconnect=1 -device
+    /// vhost-user-blk-pci,chardev=c0,num-queues=4`.
+    #[command(
+        name = "vhost_create_blk_controller",
+        alias = "vhost-create-blk-controller"
+    )]
+    VhostCreateBlkController(VhostCreateArgs),
+
+    /// Delete a vhost-user-blk controller (RPC vhost_delete_controller)
+    #[command(name = "vhost_delete_controller", alias = "vhost-delete-controller")]
+    VhostDeleteController {
+        /// Controller name
+        ctrlr: String,
+    },
+
+    /// List vhost-user-blk controllers with queues and counters (RPC vhost_get_controllers)
+    #[command(name = "vhost_get_controllers", alias = "vhost-get-controllers")]
+    VhostGetControllers {
+        /// Show only this controller
+        #[arg(short = 'n', long = "name")]
+        name: Option<String>,
+    },
+}
+
+/// Arguments of vhost_create_blk_controller.
+#[derive(Debug, Args)]
+pub struct VhostCreateArgs {
+    /// Controller name (also the socket file name unless --socket is given)
+    ctrlr: String,
+    /// Bdev to serve (a VM volume is scheduled as its VM)
+    dev_name: String,
+    /// Socket path (relative: under the daemon's vhost socket directory)
+    #[arg(long)]
+    socket: Option<String>,
+    /// Number of virtqueues (spread over the reactors)
+    #[arg(long, default_value_t = 1)]
+    num_queues: u16,
+    /// VM tag for a bdev that is not a volume
+    #[arg(long)]
+    vm: Option<String>,
+    /// Present the disk read-only
+    #[arg(long)]
+    readonly: bool,
 }
 
 /// QoS flags shared by vm_create and vm_set_qos.
@@ -342,6 +390,30 @@ impl VmCommand {
             }
             VmCommand::VolumeDelete { name } => name_only("volume_delete", name),
             VmCommand::VolumeGetVolumes => ("volume_get_volumes".into(), None),
+            VmCommand::VhostCreateBlkController(a) => {
+                let mut m = Map::new();
+                m.insert("ctrlr".into(), json!(a.ctrlr));
+                m.insert("dev_name".into(), json!(a.dev_name));
+                m.insert("num_queues".into(), json!(a.num_queues));
+                if let Some(s) = &a.socket {
+                    m.insert("socket".into(), json!(s));
+                }
+                if let Some(v) = &a.vm {
+                    m.insert("vm".into(), json!(v));
+                }
+                if a.readonly {
+                    m.insert("readonly".into(), json!(true));
+                }
+                ("vhost_create_blk_controller".into(), Some(Value::Object(m)))
+            }
+            VmCommand::VhostDeleteController { ctrlr } => (
+                "vhost_delete_controller".into(),
+                Some(json!({ "ctrlr": ctrlr })),
+            ),
+            VmCommand::VhostGetControllers { name } => (
+                "vhost_get_controllers".into(),
+                name.as_ref().map(|n| json!({ "name": n })),
+            ),
         }
     }
 
@@ -351,6 +423,7 @@ impl VmCommand {
             VmCommand::VmGetVms { .. } => vms(result),
             VmCommand::SchedGetPaths => Ok(paths(result)),
             VmCommand::VolumeGetVolumes => Ok(volumes(result)),
+            VmCommand::VhostGetControllers { .. } => Ok(controllers(result)),
             _ => Ok(match result {
                 Value::String(s) => format!("{s}\n"),
                 Value::Bool(true) => "done\n".to_string(),
@@ -450,6 +523,49 @@ fn volumes(result: &Value) -> String {
                 .unwrap_or_default(),
             num(&v["offset_blocks"]),
             num(&v["num_blocks"]),
+        ]);
+    }
+    t.render()
+}
+
+fn controllers(result: &Value) -> String {
+    let mut t = Table::new(&[
+        ("CTRLR", Align::Left),
+        ("SOCKET", Align::Left),
+        ("BDEV", Align::Left),
+        ("VM", Align::Left),
+        ("QUEUES", Align::Right),
+        ("REACTORS", Align::Left),
+        ("GUEST", Align::Left),
+        ("READS", Align::Right),
+        ("WRITES", Align::Right),
+        ("ERRORS", Align::Right),
+    ]);
+    for c in result.as_array().into_iter().flatten() {
+        let reactors: Vec<String> = c["queues"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|q| num(&q["reactor"]))
+            .collect();
+        t.row(vec![
+            num(&c["ctrlr"]),
+            num(&c["socket"]),
+            num(&c["bdev"]),
+            num(&c["vm"]),
+            num(&c["num_queues"]),
+            reactors.join(","),
+            if c["suspended"] == Value::Bool(true) {
+                "suspended"
+            } else if c["connected"] == Value::Bool(true) {
+                "connected"
+            } else {
+                "waiting"
+            }
+            .into(),
+            num(&c["reads"]),
+            num(&c["writes"]),
+            num(&c["io_errors"]),
         ]);
     }
     t.render()
