@@ -11,7 +11,7 @@ use crate::format::{human_bytes, Align, FormatError, Table};
 pub enum NvmeCommand {
     /// Connect to an NVMe/TCP controller; its namespaces become bdevs NAMEn<nsid> (RPC bdev_nvme_attach_controller)
     ///
-    /// Example: `vmpathctl bdev_nvme_attach_controller -b Nvme0 -t tcp -a 10.0.1.2 -s 4420
+    /// Example: `vmpathctl bdev_nvme_attach_controller -b Nvme0 -T tcp -a 10.0.1.2 -P 4420
     /// -n nqn.2024-01.io.vmpath:disk1`. Attaching again under the same name through another
     /// portal adds a path.
     #[command(
