@@ -203,10 +203,10 @@ fn bit(p: usize) -> u64 {
 }
 
 /// Claims one limit tag: fails with the eligible time if the tag is in the future.
-/// The tag may lag `now` by at most `inc.min(catchup)` (GCRA burst tolerance).
+/// The tag may lag `now` by at most `catchup` request intervals (GCRA burst tolerance).
 #[inline]
 fn claim_checked(tag: &AtomicU64, inc: u64, now: u64, catchup: u64) -> Result<(), u64> {
-    let floor = now.saturating_sub(inc.min(catchup));
+    let floor = now.saturating_sub(inc.saturating_mul(catchup));
     let mut old = tag.load(Relaxed);
     loop {
         if old > now {
@@ -607,7 +607,7 @@ impl Shard {
     fn claim_limits(&self, i: usize, bytes: u32, now: u64) -> Result<(), u64> {
         let p = &self.vms[i].p;
         let tags = &self.s.vms[i].tags;
-        let catchup = self.d.limit_catchup_ns;
+        let catchup = self.d.limit_catchup;
         if p.lim_byte_fp != 0 {
             let t = tags.l_bw.load(Relaxed);
             if t > now {
@@ -621,7 +621,11 @@ impl Shard {
             // Checked above; a concurrent claim from another shard can slip one request in
             // (documented cross-shard bound).
             let inc = byte_inc_up(bytes, p.lim_byte_fp);
-            advance(&tags.l_bw, inc, now.saturating_sub(inc.min(catchup)));
+            advance(
+                &tags.l_bw,
+                inc,
+                now.saturating_sub(inc.saturating_mul(catchup)),
+            );
         }
         Ok(())
     }

@@ -558,6 +558,9 @@ fn d_slack() -> u32 {
 fn d_catchup() -> u64 {
     1000
 }
+fn d_limit_catchup() -> u32 {
+    2
+}
 fn d_window() -> u64 {
     10_000
 }
@@ -592,12 +595,12 @@ pub struct SchedulerConfig {
     /// in microseconds; 0..=1000000.
     #[serde(default = "d_catchup")]
     pub reservation_catchup_us: u64,
-    /// Strict limits: at most `limit × W` plus one request in any window `W`, but a VM
-    /// whose turn comes while its path is full loses that wait. Default (false): a limit
-    /// tag may catch up at most one request interval, so waiting for a slot costs no
-    /// throughput; the bound is then `limit × W` plus two requests.
-    #[serde(default)]
-    pub strict_limits: bool,
+    /// Limit burst tolerance, in request intervals (0..=16): how far a limit tag may lag
+    /// real time, so that a VM whose turn comes while its path is full does not lose the
+    /// wait. A VM dispatches at most `limit × W` plus `1 + limit_catchup` requests in any
+    /// window `W`. 0 = strict (`limit × W` + one request, but waits are lost). Default 2.
+    #[serde(default = "d_limit_catchup")]
+    pub limit_catchup: u32,
     /// How long a reservation must stay unmet before `vm_migrate_recommended`, in ms.
     #[serde(default = "d_window")]
     pub migrate_window_ms: u64,
@@ -621,7 +624,7 @@ impl Default for SchedulerConfig {
             io_cost_bytes: d_io_cost(),
             cross_shard_slack: d_slack(),
             reservation_catchup_us: d_catchup(),
-            strict_limits: false,
+            limit_catchup: d_limit_catchup(),
             migrate_window_ms: d_window(),
             migrate_tolerance_pct: d_tolerance(),
             admission_pct: d_headroom(),
@@ -633,7 +636,7 @@ impl Default for SchedulerConfig {
 impl SchedulerConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), SpecError> {
-        let checks: [(&'static str, u64, u64, u64, &'static str); 9] = [
+        let checks: [(&'static str, u64, u64, u64, &'static str); 10] = [
             ("shards", self.shards as u64, 1, MAX_SHARDS as u64, "1..=64"),
             ("max_vms", self.max_vms.into(), 1, 65_536, "1..=65536"),
             (
@@ -657,6 +660,7 @@ impl SchedulerConfig {
                 1_000_000,
                 "0..=1000000",
             ),
+            ("limit_catchup", self.limit_catchup.into(), 0, 16, "0..=16"),
             (
                 "migrate_window_ms",
                 self.migrate_window_ms,

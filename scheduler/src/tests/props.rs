@@ -1,7 +1,8 @@
-//! Property tests on the simulated clock (issue 5, "Tests"): limits never exceeded over
-//! any window ≥ 10 ms beyond one request; under saturation every backlogged VM within ±2%
-//! of its water-filled share; feasible reservations met; work conservation; per-VM FIFO;
-//! no request lost.
+//! Property tests on the simulated clock (issue 5, "Tests"), on one and two reactors:
+//! limits never exceeded over any window ≥ 10 ms beyond the configured burst (one request
+//! in strict mode, `1 + limit_catchup` requests otherwise); under saturation every
+//! backlogged VM within ±2% of its water-filled share of what reservations and limits
+//! leave; feasible reservations met; work conservation; per-VM FIFO; no request lost.
 
 use proptest::prelude::*;
 
@@ -72,32 +73,13 @@ proptest! {
         saturated(1, paths, &gens, 2.0)?;
     }
 
-    /// Across reactors (VMs on one or both): shares and reservations within ±3%; limits
-    /// never exceeded (their interplay with the cross-reactor gate is looser, see
-    /// `multi_reactor_limits_hold`).
+    /// The same on two reactors, with VMs on one reactor or spread over both.
     #[test]
-    fn saturated_multi_reactor_shares_and_reservations(
-        paths in 1usize..=2,
-        gens in proptest::collection::vec((100u32..=2000, 0u8..2, 1u64..=100, any::<bool>()), 2..=5),
-    ) {
-        saturated(2, paths, &gens, 3.0)?;
-    }
-
-    #[test]
-    fn multi_reactor_limits_hold(
+    fn saturated_mix_across_reactors(
         paths in 1usize..=2,
         gens in proptest::collection::vec((100u32..=2000, 0u8..4, 1u64..=100, any::<bool>()), 2..=5),
     ) {
-        let cfg = build(2, paths, &gens);
-        let mut sim = Sim::new(cfg.clone()).unwrap();
-        sim.run_until(100 * MS);
-        check_limits(&sim, &cfg);
-        let cap = (PATH_IOPS * paths as u64) as f64;
-        let total: f64 = (0..cfg.vms.len()).map(|i| sim.rate(i, 30 * MS, 100 * MS)).sum();
-        let limits: Option<u64> = cfg.vms.iter().map(|v| v.spec.limit.iops).sum();
-        let ceiling = limits.map_or(cap, |l| cap.min(l as f64));
-        prop_assert!(total >= ceiling * 0.98, "total {total} of {ceiling}");
-        sim.finish(300 * MS).map_err(TestCaseError::fail)?;
+        saturated(2, paths, &gens, 2.0)?;
     }
 
     /// Below capacity every VM gets what it asks (work conserving, nothing held back) and
@@ -134,7 +116,7 @@ proptest! {
         max_held in 1u32..=64,
     ) {
         let mut cfg = config(shards, &[PATH_IOPS, PATH_IOPS]);
-        cfg.sched.strict_limits = strict;
+        cfg.sched.limit_catchup = if strict { 0 } else { 2 };
         let mut s = spec("lim", 1000, None, Some(limit));
         s.max_held = max_held;
         s.path_policy.selector = SelectorSpec::RoundRobin { ios: 3, bytes: 0 };
