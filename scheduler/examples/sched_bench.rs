@@ -123,24 +123,28 @@ fn setup(sc: Scenario, nvms: usize) -> Bench {
 }
 
 /// One request's worth of work: complete the oldest in-flight request (once enough are
-/// outstanding), enqueue a new request, and poll every 8th iteration (a reactor loop that
-/// handles a batch of completions, as under load).
+/// outstanding), enqueue a new request, and poll each shard once per 8 of its requests
+/// (a reactor loop that handles a batch of completions, as under load).
 #[inline(always)]
 fn one(b: &mut Bench, i: u64, saturated: bool) -> u64 {
     let n = b.vms.len();
     let s = (i & 1) as usize;
     let mut routed = 0;
     b.now += 100;
-    if b.inflight.len() >= b.depth {
+    // The device: completes its oldest request every iteration when saturated (its queue
+    // is full), once 64 are outstanding otherwise.
+    if saturated || b.inflight.len() >= b.depth {
         if let Some((t, vm, p)) = b.inflight.pop_front() {
             let _ = b.shards[t].complete(vm, p, 4096, 20_000);
         }
     }
-    // Saturated: one arrival per completion once the backlog is built, two before.
-    let arrivals = if saturated && b.shards[s].held() < b.hold_target {
-        2
-    } else {
-        1
+    // Saturated: two arrivals per completion until the backlog is built, then one, none
+    // above twice the target (the frontend stops pulling).
+    let arrivals = match (saturated, b.shards[s].held()) {
+        (false, _) => 1,
+        (true, h) if h < b.hold_target => 2,
+        (true, h) if h < 2 * b.hold_target => 1,
+        _ => 0,
     };
     for _ in 0..arrivals {
         let vm = b.vms[(b.next_token as usize / 2) % n];
@@ -151,7 +155,8 @@ fn one(b: &mut Bench, i: u64, saturated: bool) -> u64 {
             b.inflight.push_back((s, vm, p));
         }
     }
-    if i & 7 == 7 {
+    // Each shard polls once per 8 of its iterations (i & 7 is 6 for shard 0, 7 for 1).
+    if i & 7 >= 6 {
         b.out.clear();
         let mut out = std::mem::take(&mut b.out);
         b.shards[s].poll(b.now, &mut out, 64);
@@ -230,7 +235,14 @@ fn count_mode(args: &[String]) -> Result<(), String> {
     let mut b = setup(sc, nvms);
     black_box(warm_up(&mut b, 200_000));
     let routed = black_box(run_requests(&mut b, iters));
-    println!("scenario={sc:?} vms={nvms} shards=2 iters={iters} routed={routed}");
+    println!(
+        "scenario={sc:?} vms={nvms} shards=2 iters={iters} routed={routed} held={}+{} inflight={} gated={}/{}",
+        b.shards[0].held(),
+        b.shards[1].held(),
+        b.inflight.len(),
+        b.shards[0].was_gated(),
+        b.shards[1].was_gated()
+    );
     println!("instructions/request = callgrind Ir (collected in run_requests) / {iters}");
     Ok(())
 }

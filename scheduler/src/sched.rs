@@ -219,6 +219,8 @@ pub(crate) struct ShardPublic {
     /// Per target: best priority class waiting (PUB_NONE if none) and its smallest start tag.
     pub pub_class: Box<[AtomicU32]>,
     pub pub_key: Box<[AtomicU64]>,
+    /// Per target: VM of that smallest start tag.
+    pub pub_vm: Box<[AtomicU32]>,
     /// Per class: smallest start tag waiting on the shard (valid where `pub_vset` has the bit).
     pub pub_vmin: [AtomicU64; PriorityClass::COUNT],
     pub pub_vset: AtomicU32,
@@ -302,6 +304,7 @@ impl Scheduler {
                 contended: Padded(AtomicU64::new(0)),
                 pub_class: (0..NT).map(|_| AtomicU32::new(PUB_NONE)).collect(),
                 pub_key: (0..NT).map(|_| AtomicU64::new(0)).collect(),
+                pub_vm: (0..NT).map(|_| AtomicU32::new(u32::MAX)).collect(),
                 pub_time: AtomicU64::new(0),
                 pub_vmin: Default::default(),
                 pub_vset: AtomicU32::new(0),

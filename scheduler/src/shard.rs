@@ -129,6 +129,9 @@ const NONE8: u8 = u8::MAX;
 const VW_REBALANCE: u32 = 256;
 /// Idle vm-weighted VMs release their path weight after this long.
 const VW_IDLE_NS: u64 = 10_000_000;
+/// How many of its own increments a VM's head may run ahead of its head on another
+/// shard before the fairness gate holds it (see `gated_by_others`).
+const SELF_AHEAD: u64 = 8;
 /// A shard whose published backlog is older than this is ignored by the fairness gate
 /// (a stalled reactor cannot idle the others for longer).
 const STALE_PUBLISH_NS: u64 = 1_000_000;
@@ -1161,7 +1164,7 @@ impl Shard {
             let Some((c, n, key)) = self.share_front(p, any_ok) else {
                 break;
             };
-            if self.multi && self.gated_by_others(p, c, key, now) {
+            if self.multi && self.gated_by_others(p, c, n as usize / 3, key, now) {
                 self.gated = true;
                 return;
             }
@@ -1202,10 +1205,23 @@ impl Shard {
     /// Cross-shard fairness gate: another shard has a reservation-due request, a
     /// higher-class request, or a same-class request older by more than the slack, waiting
     /// for the same path.
-    fn gated_by_others(&self, p: usize, class: usize, key: u64, now: u64) -> bool {
+    ///
+    /// Against its own head on another shard a VM gets `SELF_AHEAD` of its increments of
+    /// extra slack: its requests there are no competitor, and without it a VM spread over
+    /// reactors would alternate between them, one request per poll.
+    fn gated_by_others(&self, p: usize, class: usize, i: usize, key: u64, now: u64) -> bool {
         let slack = self.d.slack_v;
-        for (j, o) in self.s.shards.iter().enumerate() {
-            if j == self.me || o.contended.0.load(Relaxed) & (bit(p) | bit(ANY)) == 0 {
+        let own_slack = {
+            let l = &self.vms[i];
+            let bytes = l.queue.front().map_or(0, |e| e.bytes);
+            let inc = (self.d.io_cost_bytes + u64::from(bytes)).div_ceil(512) * l.p.p_inv;
+            slack.saturating_add(inc.saturating_mul(SELF_AHEAD))
+        };
+        for &j in self.others.iter() {
+            let Some(o) = self.s.shards.get(j) else {
+                continue;
+            };
+            if o.contended.0.load(Relaxed) & (bit(p) | bit(ANY)) == 0 {
                 continue;
             }
             if o.pub_time.load(Relaxed).saturating_add(STALE_PUBLISH_NS) < now {
@@ -1219,8 +1235,13 @@ impl Shard {
                 if (oc as usize) < class + 1 {
                     return true;
                 }
+                let s = if o.pub_vm[t].load(Relaxed) == i as u32 {
+                    own_slack
+                } else {
+                    slack
+                };
                 if oc as usize == class + 1
-                    && before(o.pub_key[t].load(Relaxed).wrapping_add(slack), key)
+                    && before(o.pub_key[t].load(Relaxed).wrapping_add(s), key)
                 {
                     return true;
                 }
@@ -1436,25 +1457,29 @@ impl Shard {
             // Per class minimum of this target; class 0 in `pub_class` = reservation-due
             // (served before any share-phase request), then 1 + priority class index.
             let mut mins = [None; PriorityClass::COUNT];
+            let mut vms = [0u32; PriorityClass::COUNT];
             for (c, slot) in mins.iter_mut().enumerate() {
                 if let Some(w) = self.share[c * NT + t].as_mut() {
                     if !w.is_empty() {
                         if let Some((n, _)) = w.peek(&self.links) {
                             *slot = Some(self.vms[n as usize / 3].start);
+                            vms[c] = n / 3;
                         }
                     }
                 }
             }
             self.tmin[t] = mins;
             let best = match self.resv_due[t].front(&self.links) {
-                Some((_, k)) => Some((0u32, k)),
+                Some((n, k)) => Some((0u32, k, n / 3)),
                 None => mins
                     .iter()
+                    .zip(vms.iter())
                     .enumerate()
-                    .find_map(|(c, k)| k.map(|k| (c as u32 + 1, k))),
+                    .find_map(|(c, (k, v))| k.map(|k| (c as u32 + 1, k, *v))),
             };
             match best {
-                Some((c, k)) => {
+                Some((c, k, v)) => {
+                    me.pub_vm[t].store(v, Relaxed);
                     me.pub_key[t].store(k, Relaxed);
                     me.pub_class[t].store(c, Relaxed);
                     self.pub_targets |= bit(t);

@@ -33,3 +33,17 @@ fn two_vms_share_one_path_by_shares() {
     );
     sim.finish(200_000_000).unwrap();
 }
+
+#[test]
+fn one_vm_spread_over_two_reactors_keeps_the_path_busy() {
+    use super::util::*;
+    for shares in [100, 500, 1000, 10_000] {
+        let mut cfg = config(2, &[100_000]);
+        cfg.vms.push(backlogged(vm("a", shares), vec![0, 1], 64));
+        let mut sim = Sim::new(cfg).unwrap();
+        sim.run_until(20 * MS);
+        let r = sim.rate(0, 5 * MS, 20 * MS);
+        assert!(r > 99_000.0, "shares {shares}: {r}");
+        sim.finish(100 * MS).unwrap();
+    }
+}
