@@ -140,8 +140,8 @@ pub use sched::{MigrateReason, SchedError, SchedEvent, Scheduler};
 pub use shard::{Decision, FailReason, Outcome, Released, Shard, ShardError};
 pub use spec::{
     FailoverPolicy, PathPolicySpec, PathSpec, PathState, PriorityClass, RateSpec, SchedulerConfig,
-    SelectorSpec, SpecError, VmQosUpdate, VmSpec, DEFAULT_SHARES, MAX_PATHS, MAX_SHARDS,
-    MAX_SHARES, MIN_SHARES,
+    SelectorSpec, SpecError, VmQosUpdate, VmSpec, DEFAULT_SHARES, MAX_HELD_LIMIT, MAX_NAME_LEN,
+    MAX_PATHS, MAX_RATE, MAX_SHARDS, MAX_SHARES, MIN_SHARES,
 };
 pub use vm::{SuspendReason, VmId, VmInfo};
 
