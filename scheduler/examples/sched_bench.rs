@@ -4,10 +4,16 @@
 //! cargo run --release -p scheduler --example sched_bench               # ns/request + fairness
 //! cargo run --release -p scheduler --example sched_bench -- time
 //! cargo run --release -p scheduler --example sched_bench -- fairness
-//! # instructions per request (fixed iteration count, only the measured loop is counted):
+//! # Instructions per request, fixed iteration count. The whole measured loop (harness
+//! # included):
 //! valgrind --tool=callgrind --toggle-collect='*run_requests*' \
 //!     target/release/examples/sched_bench count <fast|lqd|qos|saturated> <vms> <iters>
-//! # then: instructions/request = "Collected" Ir / iters (printed by callgrind)
+//! # Scheduler only (enqueue + complete + poll, callees included); subtract the same run
+//! # with <iters> = 0 (the warm-up is collected too), divide by <iters>:
+//! valgrind --tool=callgrind --toggle-collect='*Shard::enqueue' \
+//!     --toggle-collect='*Shard::complete' --toggle-collect='*Shard::poll' \
+//!     target/release/examples/sched_bench count <scenario> <vms> <iters>
+//! # "Collected" in callgrind's summary is the instruction count (Ir).
 //! ```
 //!
 //! Scenarios, all with 2 reactor shards driven from one thread (so the count is exact),
