@@ -177,7 +177,10 @@ fn exported_vm_volumes_are_scheduled_as_their_vms() {
     let nb = reads_for(&mut h, 2, 16, 0.5);
     let rb = nb as f64 / t0.elapsed().as_secs_f64();
     eprintln!("remote-a (limit 500 IOPS): {ra:.0} IOPS; remote-b (no limit): {rb:.0} IOPS");
-    assert!(ra <= 560.0 && ra >= 400.0, "limited VM ran at {ra:.0} IOPS");
+    assert!(
+        (400.0..=560.0).contains(&ra),
+        "limited VM ran at {ra:.0} IOPS"
+    );
     assert!(rb > 3.0 * ra, "unlimited VM only reached {rb:.0} IOPS");
     let vm = d.call("vm_get_vms", json!({"name": "remote-a"}));
     assert!(vm[0]["dispatched_ios"].as_u64().unwrap() >= na, "{vm}");

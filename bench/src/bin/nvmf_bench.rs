@@ -263,8 +263,7 @@ impl Load {
                     lat: self.hist.percentiles(),
                 });
             }
-            for i in 0..completions.len() {
-                let cid = completions[i];
+            for &cid in completions.iter() {
                 self.queue(cid, t);
             }
             self.send()?;
