@@ -2,73 +2,17 @@
 //! exported as a namespace carries its VM's limits, and suspending the VM holds the host's
 //! commands (no error) until it resumes.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_port, pattern, Vmpathd};
 use nvme_spec::opcode::NvmOpcode;
 use nvmf_target::testing::{rw_sqe, Host, InitiatorOptions};
-use serde_json::{json, Value};
-use vmpath_mgmt::RpcClient;
+use serde_json::json;
 
 const NQN: &str = "nqn.2016-06.io.vmpath:vm-volumes";
-
-struct Daemon {
-    child: Child,
-    rpc: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(config: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let rpc = dir.path().join("rpc.sock");
-        let cfg = dir.path().join("vmpath.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vmpathd"))
-            .args(["-c"])
-            .arg(&cfg)
-            .arg("-r")
-            .arg(&rpc)
-            .arg("-S")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            child,
-            rpc,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut c) = RpcClient::connect(&d.rpc) {
-                if c.call("vmpath_get_version", None).is_ok() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "vmpathd did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn call(&self, method: &str, params: Value) -> Value {
-        RpcClient::connect(&self.rpc)
-            .unwrap()
-            .call(method, Some(params))
-            .unwrap_or_else(|e| panic!("{method}: {e}"))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn config(port: u16) -> String {
     format!(
@@ -152,18 +96,14 @@ fn reads_for(h: &mut Host, nsid: u32, qd: usize, secs: f64) -> u64 {
 
 #[test]
 fn exported_vm_volumes_are_scheduled_as_their_vms() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let d = Daemon::start(&config(port));
+    let port = free_port();
+    let d = Vmpathd::builder().config(&config(port)).start();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut h = Host::connect(addr, NQN, &opts(), 1).unwrap();
 
     // Data through both namespaces lands in each VM's own slice.
-    let a: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
-    let b: Vec<u8> = (0..4096u32).map(|i| (i * 13 + 1) as u8).collect();
+    let a = pattern(7, 4096);
+    let b = pattern(13, 4096);
     h.io[0].write(1, 5, &a, 4096).unwrap().ok().unwrap();
     h.io[0].write(2, 5, &b, 4096).unwrap().ok().unwrap();
     assert_eq!(h.io[0].read(1, 5, 1, 4096).unwrap().ok().unwrap().data, a);

@@ -5,9 +5,13 @@
 //! region) with no error and no acknowledged write lost. Needs root (the initramfs build) and
 //! Debian's package mirrors for the first build; CI has both.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::{read_log, BIN};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -61,7 +65,7 @@ echo "vmpathd did not come up" >&2
 exit 1
 "#,
         dir = dir.display(),
-        bin = env!("CARGO_BIN_EXE_vmpathd"),
+        bin = BIN,
     );
     std::fs::write(&script, body).unwrap();
     Command::new("chmod")
@@ -103,7 +107,7 @@ fn linux_guest_on_a_vmpath_disk_survives_a_target_restart() {
     assert!(
         Command::new(&script).status().unwrap().success(),
         "vmpathd did not start: {}",
-        std::fs::read_to_string(d.join("vmpathd.log")).unwrap_or_default()
+        read_log(&d.join("vmpathd.log"))
     );
     let sock = d.join("guest1.sock");
     let harness = repo().join("ci/guest/test-against.sh");
@@ -123,7 +127,7 @@ fn linux_guest_on_a_vmpath_disk_survives_a_target_restart() {
     assert!(
         basic.success(),
         "the guest test failed against vmpathd (see the serial log above); daemon log:\n{}",
-        std::fs::read_to_string(d.join("vmpathd.log")).unwrap_or_default()
+        read_log(&d.join("vmpathd.log"))
     );
 
     let t0 = Instant::now();
@@ -145,7 +149,7 @@ fn linux_guest_on_a_vmpath_disk_survives_a_target_restart() {
     assert!(
         restart.success(),
         "the guest saw an error or lost data across a vmpathd restart; daemon log:\n{}",
-        std::fs::read_to_string(d.join("vmpathd.log")).unwrap_or_default()
+        read_log(&d.join("vmpathd.log"))
     );
     assert!(t0.elapsed() < Duration::from_secs(300));
 }

@@ -7,8 +7,11 @@
 //! (`nvmf_subsystem_add_listener`), and writing or opening arbitrary paths (`save_config`,
 //! `bdev_uring_create`, `vhost_create_blk_controller`).
 
+mod common;
+
 use std::sync::Arc;
 
+use common::first_core;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use vmpath_mgmt::RpcHandler;
@@ -134,23 +137,6 @@ fn daemon() -> (Daemon, tempfile::TempDir) {
     )
     .unwrap();
     (d, dir)
-}
-
-fn first_core() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("Cpus_allowed_list:"))
-        .unwrap();
-    line.split(':')
-        .nth(1)
-        .unwrap()
-        .trim()
-        .split([',', '-'])
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[test]

@@ -2,70 +2,20 @@
 //! through VM volumes, the per-VM scheduler sharing a capacity-limited device by shares, and
 //! suspend/resume through RPC without a guest-visible error.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{blk_driver, first_core, pattern, Vmpathd};
 use serde_json::{json, Value};
-use vhost::frontend::{BlkDriver, Completion, DriverOptions, ReqKind};
-use vmpath_mgmt::RpcClient;
+use vhost::frontend::{BlkDriver, Completion, ReqKind};
 
-struct Vmpathd {
-    child: Child,
-    sock: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Vmpathd {
-    fn start(config: &str) -> Vmpathd {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("rpc.sock");
-        let cfg = dir.path().join("vmpath.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vmpathd"))
-            .arg("-c")
-            .arg(&cfg)
-            .arg("-r")
-            .arg(&sock)
-            .arg("-S")
-            .arg(dir.path())
-            .arg("--nvmf-port")
-            .arg("0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Vmpathd { child, sock, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut c) = RpcClient::connect(&d.sock) {
-                if c.call("vmpath_get_version", None).is_ok() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "vmpathd did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn call(&self, method: &str, params: Value) -> Value {
-        RpcClient::connect(&self.sock)
-            .unwrap()
-            .call(method, Some(params))
-            .unwrap_or_else(|e| panic!("{method}: {e}"))
-    }
-
-    fn vhost_sock(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-impl Drop for Vmpathd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A daemon on `config` (which names its reactor cores), NVMe/TCP on any free port.
+fn start(config: &str) -> Vmpathd {
+    Vmpathd::builder()
+        .config(config)
+        .args(["--nvmf-port", "0"])
+        .start()
 }
 
 fn config(max_iops: u64) -> String {
@@ -115,49 +65,6 @@ num_queues = 2
     )
 }
 
-fn first_core() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("Cpus_allowed_list:"))
-        .unwrap();
-    line.split(':')
-        .nth(1)
-        .unwrap()
-        .trim()
-        .split([',', '-'])
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-fn connect(sock: &Path, queues: u16) -> BlkDriver {
-    BlkDriver::connect(
-        sock,
-        DriverOptions {
-            num_queues: queues,
-            // Direct descriptors: three per request, so 128 entries carry QD 32.
-            queue_size: 128,
-            max_data: 64 * 1024,
-            ..DriverOptions::default()
-        },
-    )
-    .unwrap()
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn one(
     d: &mut BlkDriver,
     q: usize,
@@ -183,9 +90,9 @@ fn one(
 
 #[test]
 fn guests_write_and_read_back_through_their_volumes() {
-    let d = Vmpathd::start(&config(1_000_000));
-    let mut g1 = connect(&d.vhost_sock("vm1.sock"), 2);
-    let mut g2 = connect(&d.vhost_sock("vm2.sock"), 2);
+    let d = start(&config(1_000_000));
+    let mut g1 = blk_driver(&d.path("vm1.sock"), 2);
+    let mut g2 = blk_driver(&d.path("vm2.sock"), 2);
     // The disks are the two 32 MiB slices.
     assert_eq!(g1.read_config().unwrap().capacity, 8192 * 8);
     // Same sectors on both disks, different data, on both queues: slices must not overlap.
@@ -263,12 +170,12 @@ fn load(d: &mut BlkDriver, qd: usize, until: Instant) -> (u64, u64) {
 
 #[test]
 fn two_guests_share_a_device_by_their_shares() {
-    let d = Vmpathd::start(&config(10_000));
-    let s1 = d.vhost_sock("vm1.sock");
-    let s2 = d.vhost_sock("vm2.sock");
+    let d = start(&config(10_000));
+    let s1 = d.path("vm1.sock");
+    let s2 = d.path("vm2.sock");
     let until = Instant::now() + Duration::from_millis(2500);
-    let t1 = std::thread::spawn(move || load(&mut connect(&s1, 1), 32, until));
-    let t2 = std::thread::spawn(move || load(&mut connect(&s2, 1), 32, until));
+    let t1 = std::thread::spawn(move || load(&mut blk_driver(&s1, 1), 32, until));
+    let t2 = std::thread::spawn(move || load(&mut blk_driver(&s2, 1), 32, until));
     let (a, ea) = t1.join().unwrap();
     let (b, eb) = t2.join().unwrap();
     eprintln!(
@@ -287,8 +194,8 @@ fn two_guests_share_a_device_by_their_shares() {
 
 #[test]
 fn suspend_holds_a_guest_without_errors_and_resume_completes_its_io() {
-    let d = Vmpathd::start(&config(1_000_000));
-    let mut g = connect(&d.vhost_sock("vm1.sock"), 1);
+    let d = start(&config(1_000_000));
+    let mut g = blk_driver(&d.path("vm1.sock"), 1);
     let data = pattern(7, 4096);
     assert_eq!(
         one(&mut g, 0, ReqKind::Write, 80, Some(&data), 4096)
@@ -306,7 +213,7 @@ fn suspend_holds_a_guest_without_errors_and_resume_completes_its_io() {
         "request completed while the VM was suspended"
     );
     // vm2 is not affected.
-    let mut g2 = connect(&d.vhost_sock("vm2.sock"), 1);
+    let mut g2 = blk_driver(&d.path("vm2.sock"), 1);
     assert_eq!(one(&mut g2, 0, ReqKind::Read, 0, None, 4096).0.status, 0);
     d.call("vm_resume", json!({"name": "vm1"}));
     let q = g.queue(0);

@@ -5,95 +5,19 @@
 //! path; when a portal turns ANA-inaccessible the affected VM moves to the other path with no
 //! guest-visible error, and comes back when the portal is optimized again.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use vhost::frontend::{BlkDriver, DriverOptions, ReqKind};
-use vmpath_mgmt::RpcClient;
+use common::{blk_driver, free_port, pattern, Vmpathd};
+use serde_json::json;
+use vhost::frontend::{BlkDriver, ReqKind};
 
 const NQN: &str = "nqn.2016-06.io.vmpath:vmpaths-test";
 
-struct Daemon {
-    child: Child,
-    rpc: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(name: &str, config: &str) -> Daemon {
-        let dir = tempfile::Builder::new().prefix(name).tempdir().unwrap();
-        let rpc = dir.path().join("rpc.sock");
-        let cfg = dir.path().join("vmpath.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vmpathd"))
-            .arg("-c")
-            .arg(&cfg)
-            .arg("-r")
-            .arg(&rpc)
-            .arg("-S")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, rpc, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut c) = RpcClient::connect(&d.rpc) {
-                if c.call("vmpath_get_version", None).is_ok() {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                panic!("{name} did not start: {}", d.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    fn call(&self, method: &str, params: Value) -> Value {
-        let p = if params.is_null() { None } else { Some(params) };
-        RpcClient::connect(&self.rpc)
-            .unwrap()
-            .call(method, p)
-            .unwrap_or_else(|e| panic!("{method}: {e}\n{}", self.log()))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn driver(sock: &std::path::Path) -> BlkDriver {
-    BlkDriver::connect(
-        sock,
-        DriverOptions {
-            num_queues: 1,
-            queue_size: 128,
-            max_data: 64 * 1024,
-            ..DriverOptions::default()
-        },
-    )
-    .unwrap()
+/// A daemon named `name` (in messages and its directory) on `config`.
+fn start(name: &str, config: &str) -> Vmpathd {
+    Vmpathd::builder().name(name).config(config).start()
 }
 
 /// Writes then reads back `n` distinct 4 KiB blocks; every request must succeed and every
@@ -102,7 +26,7 @@ fn verified_io(d: &mut BlkDriver, seed: u64, n: u64) {
     let q = d.queue(0);
     for i in 0..n {
         let sector = (i * 8) % 32768;
-        let data: Vec<u8> = (0..4096u64).map(|b| (b ^ i ^ seed) as u8).collect();
+        let data = pattern(seed << 32 | i, 4096);
         q.write_data(q.next_slot().unwrap(), &data).unwrap();
         q.submit(ReqKind::Write, sector, 4096, i).unwrap();
         q.kick();
@@ -120,7 +44,7 @@ fn verified_io(d: &mut BlkDriver, seed: u64, n: u64) {
     }
 }
 
-fn completed_by_path(host: &Daemon) -> Vec<u64> {
+fn completed_by_path(host: &Vmpathd) -> Vec<u64> {
     let v = host.call("bdev_nvme_get_io_paths", json!({"name": "Nvme0n1"}));
     let mut paths: Vec<(u64, u64)> = v["io_paths"]
         .as_array()
@@ -137,7 +61,7 @@ fn completed_by_path(host: &Daemon) -> Vec<u64> {
     paths.into_iter().map(|p| p.1).collect()
 }
 
-fn serving_path(host: &Daemon, vm: &str) -> Option<u64> {
+fn serving_path(host: &Vmpathd, vm: &str) -> Option<u64> {
     host.call("vm_get_vms", json!({"name": vm}))[0]["serving_path"].as_u64()
 }
 
@@ -152,7 +76,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn each_vm_keeps_its_fabric_path_and_fails_over_without_errors() {
     let (p1, p2) = (free_port(), free_port());
-    let target = Daemon::start(
+    let target = start(
         "vmpath-target",
         &format!(
             r#"
@@ -175,7 +99,7 @@ trsvcid = "{p2}"
 "#
         ),
     );
-    let host = Daemon::start(
+    let host = start(
         "vmpath-host",
         &format!(
             r#"
@@ -231,8 +155,8 @@ bdev = "vm-b-disk"
     let home_a = serving_path(&host, "vm-a").expect("vm-a has a serving path");
     let home_b = serving_path(&host, "vm-b").expect("vm-b has a serving path");
     assert_ne!(home_a, home_b, "vm-affinity put both VMs on one path");
-    let mut ga = driver(&host.dir.path().join("vm-a.sock"));
-    let mut gb = driver(&host.dir.path().join("vm-b.sock"));
+    let mut ga = blk_driver(&host.path("vm-a.sock"), 1);
+    let mut gb = blk_driver(&host.path("vm-b.sock"), 1);
 
     // Warm-up: each reactor opens its queue pair on a fabric path at first use; until that
     // queue is connected, requests for the path are served by another live one.
