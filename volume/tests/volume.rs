@@ -312,3 +312,56 @@ fn channel_needs_an_installed_scheduler() {
     let err = h.join().unwrap().expect("must fail off-reactor");
     assert!(err.contains("scheduler"), "{err}");
 }
+
+#[test]
+fn mixed_shares_limit_and_reservation_on_one_device() {
+    let (mgr, _dev) = setup(
+        SimParams {
+            max_iops: 40_000,
+            ..Default::default()
+        },
+        8,
+    );
+    let s = mgr.scheduler().clone();
+    let mut specs = Vec::new();
+    let mut gold = VmSpec::new("gold");
+    gold.shares = 2000;
+    specs.push(gold);
+    let mut silver = VmSpec::new("silver");
+    silver.shares = 1000;
+    specs.push(silver);
+    let mut capped = VmSpec::new("capped");
+    capped.shares = 4000;
+    capped.limit = RateSpec {
+        iops: Some(4000),
+        mbps: None,
+    };
+    specs.push(capped);
+    let mut floor = VmSpec::new("floor");
+    floor.shares = 250;
+    floor.reservation = RateSpec {
+        iops: Some(10_000),
+        mbps: None,
+    };
+    specs.push(floor);
+    let mut vols = Vec::new();
+    for (i, spec) in specs.into_iter().enumerate() {
+        let vm = s.create_vm(spec).unwrap();
+        vols.push(
+            mgr.create_volume(&format!("v{i}"), vm, &["m0".into()], 0, None)
+                .unwrap(),
+        );
+    }
+    mgr.install_on_thread(0).unwrap();
+    let mut chans: Vec<_> = vols.iter().map(|v| v.open_channel().unwrap()).collect();
+    let done = drive(&mut chans, 32, 1.0);
+    eprintln!("mixed: {done:?}");
+    let want = [17333.0, 8667.0, 4000.0, 10000.0];
+    for (i, w) in want.iter().enumerate() {
+        let got = done[i] as f64;
+        assert!(
+            (got - w).abs() / w < 0.03,
+            "vm{i}: got {got}, want {w} ({done:?})"
+        );
+    }
+}

@@ -13,7 +13,6 @@
 //! VM's volume channel and the reactor's scheduler shard, onto a malloc device whose
 //! simulated capacity (`--device-iops`) makes the VMs contend.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +51,9 @@ struct Args {
     /// Core of the reactor.
     #[arg(long, default_value_t = 0)]
     reactor_core: usize,
+    /// Core of the load generator (one thread playing every guest).
+    #[arg(long, default_value_t = 1)]
+    load_core: usize,
 }
 
 struct VmArg {
@@ -85,57 +87,80 @@ fn parse_vm(s: &str) -> Result<VmArg> {
 
 const DISK_BLOCKS: u64 = 8192; // per VM, 4 KiB blocks (32 MiB)
 
-/// Keeps `qd` random 4 KiB reads in flight until `end`; counts completions after `from`.
-fn guest(sock: &Path, qd: usize, from: Instant, end: Instant, seed: u64) -> Result<(u64, u64)> {
-    let mut d = BlkDriver::connect(
-        sock,
-        DriverOptions {
-            num_queues: 1,
-            queue_size: 256,
-            max_data: 4096,
-            ..DriverOptions::default()
-        },
-    )?;
-    let q = d.queue(0);
-    let mut x = seed | 1;
-    let mut next = || {
+/// One load-generator thread plays every guest: it keeps `qd` random 4 KiB reads in flight on
+/// each VM's ring (busy-polling the used rings, as `vhost_bench` does) until `end`, and counts
+/// completions after `from`. One thread on its own core keeps every ring backlogged, so the
+/// measured split is the scheduler's, not the load generator's.
+fn guests(
+    socks: &[std::path::PathBuf],
+    qd: usize,
+    from: Instant,
+    end: Instant,
+) -> Result<Vec<(u64, u64)>> {
+    let mut drivers = Vec::new();
+    for s in socks {
+        drivers.push(BlkDriver::connect(
+            s,
+            DriverOptions {
+                num_queues: 1,
+                queue_size: 256,
+                max_data: 4096,
+                interrupts: false,
+                ..DriverOptions::default()
+            },
+        )?);
+    }
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         (x % DISK_BLOCKS) * 8
     };
-    for _ in 0..qd {
-        q.submit(ReqKind::Read, next(), 4096, 0)?;
-    }
-    q.kick();
-    let (mut counted, mut errors) = (0u64, 0u64);
-    let mut out = Vec::new();
-    while Instant::now() < end {
-        q.wait_call(Duration::from_millis(10));
-        out.clear();
-        let n = q.poll(&mut out);
-        let now = Instant::now();
-        for c in &out {
-            if c.status != 0 {
-                errors += 1;
-            }
-            if now >= from {
-                counted += 1;
-            }
-        }
-        for _ in 0..n {
+    for d in drivers.iter_mut() {
+        let q = d.queue(0);
+        for _ in 0..qd {
             q.submit(ReqKind::Read, next(), 4096, 0)?;
         }
-        if n > 0 {
+        q.kick();
+    }
+    let mut counts = vec![(0u64, 0u64); drivers.len()];
+    let mut out = Vec::new();
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        for (i, d) in drivers.iter_mut().enumerate() {
+            let q = d.queue(0);
+            out.clear();
+            let n = q.poll(&mut out);
+            if n == 0 {
+                continue;
+            }
+            for c in &out {
+                if c.status != 0 {
+                    counts[i].1 += 1;
+                }
+                if now >= from {
+                    counts[i].0 += 1;
+                }
+            }
+            for _ in 0..n {
+                q.submit(ReqKind::Read, next(), 4096, 0)?;
+            }
             q.kick();
         }
     }
-    let left = q.outstanding();
-    let rest = q.wait_for(left, Duration::from_secs(10));
-    if rest.len() != left {
-        bail!("{} requests never completed", left - rest.len());
+    for d in drivers.iter_mut() {
+        let q = d.queue(0);
+        let left = q.outstanding();
+        let rest = q.wait_for(left, Duration::from_secs(10));
+        if rest.len() != left {
+            bail!("{} requests never completed", left - rest.len());
+        }
     }
-    Ok((counted, errors))
+    Ok(counts)
 }
 
 fn main() -> Result<()> {
@@ -206,18 +231,16 @@ fn main() -> Result<()> {
     }
     let from = Instant::now() + Duration::from_millis(500);
     let end = from + Duration::from_secs_f64(args.secs);
-    let threads: Vec<_> = ctrls
-        .iter()
-        .enumerate()
-        .map(|(i, (sock, _))| {
-            let sock = sock.clone();
-            let qd = args.qd;
-            std::thread::spawn(move || guest(&sock, qd, from, end, 0x9e37_79b9 + i as u64))
-        })
-        .collect();
+    let socks: Vec<_> = ctrls.iter().map(|(s, _)| s.clone()).collect();
+    let (qd, load_core) = (args.qd, args.load_core);
+    let counts = std::thread::spawn(move || {
+        core_affinity::set_for_current(core_affinity::CoreId { id: load_core });
+        guests(&socks, qd, from, end)
+    })
+    .join()
+    .expect("load generator thread")?;
     let mut measured = Vec::new();
-    for t in threads {
-        let (n, errors) = t.join().expect("guest thread")?;
+    for (n, errors) in counts {
         if errors > 0 {
             bail!("{errors} guest-visible errors");
         }
