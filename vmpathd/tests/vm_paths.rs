@@ -65,6 +65,20 @@ fn serving_path(host: &Vmpathd, vm: &str) -> Option<u64> {
     host.call("vm_get_vms", json!({"name": vm}))[0]["serving_path"].as_u64()
 }
 
+/// Completions per fabric path between two [`completed_by_path`] samples.
+fn diff(after: &[u64], before: &[u64]) -> Vec<u64> {
+    after.iter().zip(before).map(|(x, y)| x - y).collect()
+}
+
+/// Sets the ANA state of the target's portal on `port`.
+fn set_portal_state(target: &Vmpathd, port: u16, state: &str) {
+    target.call(
+        "nvmf_subsystem_listener_set_ana_state",
+        json!({"nqn": NQN, "listen_address": {"traddr": "127.0.0.1", "trsvcid": port.to_string()},
+               "ana_state": state}),
+    );
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !f() {
@@ -167,8 +181,8 @@ bdev = "vm-b-disk"
     let mid = completed_by_path(&host);
     verified_io(&mut gb, 2, 200);
     let after = completed_by_path(&host);
-    let a_delta: Vec<u64> = mid.iter().zip(&before).map(|(x, y)| x - y).collect();
-    let b_delta: Vec<u64> = after.iter().zip(&mid).map(|(x, y)| x - y).collect();
+    let a_delta = diff(&mid, &before);
+    let b_delta = diff(&after, &mid);
     eprintln!("fabric-path completions: vm-a {a_delta:?}, vm-b {b_delta:?}");
     // Scheduler path i is fabric path i here.
     assert_eq!(
@@ -182,18 +196,14 @@ bdev = "vm-b-disk"
 
     // vm-a's portal turns inaccessible: vm-a moves to the other path, no error.
     let port_a = if home_a == 0 { p1 } else { p2 };
-    target.call(
-        "nvmf_subsystem_listener_set_ana_state",
-        json!({"nqn": NQN, "listen_address": {"traddr": "127.0.0.1", "trsvcid": port_a.to_string()},
-               "ana_state": "inaccessible"}),
-    );
+    set_portal_state(&target, port_a, "inaccessible");
     wait_until("vm-a to move", || {
         serving_path(&host, "vm-a") == Some(home_b)
     });
     let before = completed_by_path(&host);
     verified_io(&mut ga, 3, 100);
     let moved = completed_by_path(&host);
-    let delta: Vec<u64> = moved.iter().zip(&before).map(|(x, y)| x - y).collect();
+    let delta = diff(&moved, &before);
     eprintln!("after the cut, vm-a: {delta:?}");
     assert_eq!(
         delta[home_b as usize], 200,
@@ -205,18 +215,14 @@ bdev = "vm-b-disk"
     );
 
     // The portal comes back: vm-a returns to its home path.
-    target.call(
-        "nvmf_subsystem_listener_set_ana_state",
-        json!({"nqn": NQN, "listen_address": {"traddr": "127.0.0.1", "trsvcid": port_a.to_string()},
-               "ana_state": "optimized"}),
-    );
+    set_portal_state(&target, port_a, "optimized");
     wait_until("vm-a to return", || {
         serving_path(&host, "vm-a") == Some(home_a)
     });
     let before = completed_by_path(&host);
     verified_io(&mut ga, 4, 50);
     let back = completed_by_path(&host);
-    let delta: Vec<u64> = back.iter().zip(&before).map(|(x, y)| x - y).collect();
+    let delta = diff(&back, &before);
     assert_eq!(
         delta[home_a as usize], 100,
         "vm-a did not return home: {delta:?}"
