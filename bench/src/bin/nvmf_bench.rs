@@ -24,6 +24,16 @@
 //! cargo run --release -p vmpath-bench --bin nvmf_bench
 //! target/release/nvmf_bench --backend null --rw randread --qd 32 --secs 5
 //! ```
+//!
+//! Target-side instructions per I/O: run the target alone under callgrind, collecting only
+//! inside its poller, and load it from a second (native) process; divide the collected
+//! instructions by the calls of `Conn::complete` (one per I/O):
+//!
+//! ```text
+//! valgrind --tool=callgrind --toggle-collect='nvmf_target::group::group_of*' \
+//!     target/release/nvmf_bench --serve-secs 12      # prints "serving on ADDR"
+//! target/release/nvmf_bench --connect ADDR --backend null --rw randread --qd 32 --secs 5
+//! ```
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -94,6 +104,14 @@ struct Args {
     /// Skip the echo ceiling.
     #[arg(long)]
     no_echo: bool,
+    /// Only run the target (on `--target-core`) for this many seconds, printing its
+    /// address: profile it alone (e.g. under callgrind) while another process loads it.
+    #[arg(long, conflicts_with = "connect")]
+    serve_secs: Option<f64>,
+    /// Only run the load generator, against a target started with `--serve-secs`
+    /// (busy% is then not known; the echo ceiling is skipped).
+    #[arg(long)]
+    connect: Option<SocketAddr>,
 }
 
 /// The load generator's receive path: as cheap as the echo client's byte counting, so the
@@ -398,7 +416,8 @@ fn busy_share(before: vmpath_runtime::ReactorStats, after: vmpath_runtime::React
 
 fn run_target(
     args: &Args,
-    t: &TargetSide,
+    addr: SocketAddr,
+    reactor: Option<&ReactorHandle>,
     backend: Backend,
     rw: Rw,
     qd: usize,
@@ -409,7 +428,7 @@ fn run_target(
         timeout: Duration::from_secs(10),
         ..InitiatorOptions::default()
     };
-    let mut host = Host::connect(t.addr, NQN, &o, 1).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut host = Host::connect(addr, NQN, &o, 1).map_err(|e| anyhow::anyhow!("{e}"))?;
     let io = host.io.pop().context("no I/O queue")?;
     let (stream, session, _dec) = io.into_parts().map_err(|e| anyhow::anyhow!("{e}"))?;
     stream.set_nonblocking(true)?;
@@ -421,12 +440,16 @@ fn run_target(
     let origin = Instant::now();
     let warm = args.warmup_ms * 1_000_000;
     let end = warm + (args.secs * 1e9) as u64;
-    let before = t.reactor.stats();
+    let before = reactor.map(|r| r.stats());
     let r = load.run(origin, warm, end)?;
-    let after = t.reactor.stats();
+    let after = reactor.map(|r| r.stats());
     drop(load);
     drop(host);
-    Ok((r, busy_share(before, after)))
+    let busy = match (before, after) {
+        (Some(b), Some(a)) => busy_share(b, a),
+        _ => f64::NAN,
+    };
+    Ok((r, busy))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -571,16 +594,32 @@ fn main() -> Result<()> {
         "nvmf_bench: target reactor on core {}, load generator on core {}, 4 KiB I/O, {} s per run",
         args.target_core, args.load_core, args.secs
     );
+    if let Some(secs) = args.serve_secs {
+        let t = start_target(args.target_core)?;
+        println!("serving on {} for {secs} s", t.addr);
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        t.target.shutdown(Duration::from_secs(5));
+        t.runtime.shutdown();
+        return Ok(());
+    }
     // The echo ceilings first, while nothing else runs on the target core.
     let mut echo: Vec<((Rw, usize), RunResult)> = Vec::new();
-    if !args.no_echo {
+    if !args.no_echo && args.connect.is_none() {
         for &rw in &args.rw {
             for &qd in &args.qd {
                 echo.push(((rw, qd), run_echo(&args, rw, qd)?));
             }
         }
     }
-    let t = start_target(args.target_core)?;
+    let t = match args.connect {
+        Some(_) => None,
+        None => Some(start_target(args.target_core)?),
+    };
+    let addr = t
+        .as_ref()
+        .map(|t| t.addr)
+        .or(args.connect)
+        .context("no target address")?;
     let mut table = Table::new(&[
         ("backend", false),
         ("rw", false),
@@ -598,7 +637,9 @@ fn main() -> Result<()> {
     for &backend in &args.backend {
         for &rw in &args.rw {
             for &qd in &args.qd {
-                let (r, busy) = on_load_core(&args, || run_target(&args, &t, backend, rw, qd))?;
+                let (r, busy) = on_load_core(&args, || {
+                    run_target(&args, addr, t.as_ref().map(|t| &t.reactor), backend, rw, qd)
+                })?;
                 let e = echo.iter().find(|(k, _)| *k == (rw, qd)).map(|(_, e)| e);
                 table.push(vec![
                     format!("{backend:?}").to_lowercase(),
@@ -607,8 +648,16 @@ fn main() -> Result<()> {
                     thousands(r.iops as u64),
                     micros(r.lat.p50_us),
                     micros(r.lat.p99_us),
-                    format!("{busy:.0}"),
-                    thousands((r.iops * 100.0 / busy.max(1.0)) as u64),
+                    if busy.is_nan() {
+                        "-".into()
+                    } else {
+                        format!("{busy:.0}")
+                    },
+                    if busy.is_nan() {
+                        "-".into()
+                    } else {
+                        thousands((r.iops * 100.0 / busy.max(1.0)) as u64)
+                    },
                     e.map(|e| thousands(e.iops as u64)).unwrap_or_default(),
                     e.map(|e| micros(e.lat.p50_us)).unwrap_or_default(),
                     e.map(|e| micros(e.lat.p99_us)).unwrap_or_default(),
@@ -619,7 +668,9 @@ fn main() -> Result<()> {
         }
     }
     print!("{}", table.render());
-    t.target.shutdown(Duration::from_secs(5));
-    t.runtime.shutdown();
+    if let Some(t) = t {
+        t.target.shutdown(Duration::from_secs(5));
+        t.runtime.shutdown();
+    }
     Ok(())
 }
