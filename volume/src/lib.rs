@@ -43,7 +43,7 @@ use scheduler::{
 };
 use vmpath_bdev::{
     uuid_from_name, BdevError, BdevInfo, BlockDevice, IoChannel, IoCompletion, IoError, IoRequest,
-    IoStats, IoType, SharedStats, SubmitError, SubmitErrorKind,
+    IoStats, IoType, SgList, SharedStats, SubmitError, SubmitErrorKind,
 };
 use vmpath_runtime::{PollStatus, Reactor};
 
@@ -391,7 +391,6 @@ impl BlockDevice for VmVolume {
                 .iter()
                 .fold(0u64, |m, p| m | 1u64 << (p.index() % 64)),
             stats: self.stats.clone(),
-            local: IoStats::default(),
         }))
     }
 
@@ -407,48 +406,157 @@ impl BlockDevice for VmVolume {
     }
 }
 
-/// A request in the scheduler's hands.
+/// [`Pending::path`] of a request the scheduler holds (not routed yet).
+const UNROUTED: u16 = u16::MAX;
+
+/// Operations that write the storage (the scheduler accounts them separately).
+#[inline]
+fn is_write(op: IoType) -> bool {
+    matches!(op, IoType::Write | IoType::WriteZeroes | IoType::Unmap)
+}
+
+/// A request in the scheduler's hands: one slot of the reactor's slab from submission to
+/// completion. The slot keeps what is needed to issue the request again (a held request, a
+/// full path channel, an [`IoError::NoPath`] completion); a request routed at once goes to its
+/// path as the frontend handed it (offset translated, tagged with the slot index). Slots are
+/// reused in place: the scatter-gather copy reuses the slot's storage.
 struct Pending {
-    req: IoRequest,
+    /// Copy of the request's buffers.
+    iovs: SgList,
+    /// First block on the storage (offset translated).
+    offset_blocks: u64,
+    /// The frontend's tag.
+    tag: u64,
+    /// When it was issued on its path (reactor clock, ns).
+    issued_at: u64,
+    /// Paths this volume may use (bit = path index).
+    allowed: u64,
+    vm: VmId,
     /// The owning volume channel's slot.
     chan: u32,
-    /// The frontend's tag.
-    user_tag: u64,
-    vm: VmId,
     bytes: u32,
-    /// Path it was issued on (None while held).
-    path: Option<PathId>,
-    /// Paths this volume may use (indexed by path id bit).
-    allowed: u64,
-    issued_at: u64,
+    num_blocks: u32,
+    /// Path it was issued on ([`UNROUTED`] while held).
+    path: u16,
     op: IoType,
 }
 
+/// A finished request waiting for its volume channel's poll.
+#[derive(Clone, Copy)]
+struct Done {
+    tag: u64,
+    result: Result<(), IoError>,
+    op: IoType,
+    bytes: u32,
+}
+
 struct ChanSlot {
-    /// Finished requests of this channel: completion, operation, bytes.
-    done: std::collections::VecDeque<(IoCompletion, IoType, u32)>,
+    /// Finished requests of this channel, in completion order.
+    done: Vec<Done>,
     live: bool,
     /// Requests of this channel in the scheduler's hands.
     pending: usize,
+}
+
+/// One reactor's requests: the slab (slots never move; free slots are reused, last freed
+/// first) and the volume channels' books.
+struct Book {
+    slots: Vec<Pending>,
+    /// Indices of free slots.
+    free: Vec<u32>,
+    chans: Vec<ChanSlot>,
+}
+
+impl Book {
+    /// Records a request of volume channel `chan` in a free slot (None: the reactor is full).
+    #[inline]
+    fn alloc(
+        &mut self,
+        req: &IoRequest,
+        offset_blocks: u64,
+        chan: u32,
+        vm: VmId,
+        bytes: u32,
+        allowed: u64,
+    ) -> Option<u32> {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => self.grow()?,
+        };
+        let p = &mut self.slots[idx as usize];
+        p.iovs.clear();
+        for &v in &req.iovs {
+            p.iovs.push(v);
+        }
+        p.offset_blocks = offset_blocks;
+        p.tag = req.tag;
+        p.allowed = allowed;
+        p.vm = vm;
+        p.chan = chan;
+        p.bytes = bytes;
+        p.num_blocks = req.num_blocks;
+        p.path = UNROUTED;
+        p.op = req.op;
+        self.chans[chan as usize].pending += 1;
+        Some(idx)
+    }
+
+    /// A new slot, while the slab is below its bound.
+    #[cold]
+    fn grow(&mut self) -> Option<u32> {
+        if self.slots.len() >= MAX_REQS_PER_REACTOR {
+            return None;
+        }
+        self.slots.push(Pending {
+            iovs: SgList::new(),
+            offset_blocks: 0,
+            tag: 0,
+            issued_at: 0,
+            allowed: 0,
+            vm: VmId { index: 0, gen: 0 },
+            chan: 0,
+            bytes: 0,
+            num_blocks: 0,
+            path: UNROUTED,
+            op: IoType::Flush,
+        });
+        Some((self.slots.len() - 1) as u32)
+    }
+
+    /// Frees slot `idx` and queues its completion to its channel (dropped if the channel is
+    /// gone).
+    #[inline]
+    fn finish(&mut self, idx: u32, result: Result<(), IoError>) {
+        let p = &self.slots[idx as usize];
+        let c = &mut self.chans[p.chan as usize];
+        c.pending -= 1;
+        if c.live {
+            c.done.push(Done {
+                tag: p.tag,
+                result,
+                op: p.op,
+                bytes: p.bytes,
+            });
+        }
+        self.free.push(idx);
+    }
 }
 
 /// One reactor's scheduling context: its shard, its path channels, its requests.
 pub struct ReactorSched {
     mgr: Arc<VolumeManager>,
     shard: Shard,
-    reqs: Vec<Option<Pending>>,
-    free: Vec<u32>,
+    book: Book,
     /// Per scheduler path: index into `dev_chans` and the route, once resolved.
     path_chans: Vec<Option<(usize, Option<u16>)>>,
     /// One channel per distinct device (scheduler paths over routes of one device share it),
     /// keyed by the device's address.
     dev_chans: Vec<(*const (), Box<dyn IoChannel>)>,
-    chans: Vec<ChanSlot>,
     /// Requests routed but refused by a full path channel, retried in order.
     retry: std::collections::VecDeque<u32>,
     released: Vec<Released>,
-    /// Completions reaped from path channels in one pass (kept to avoid an allocation).
-    done_buf: Vec<IoCompletion>,
+    /// Requests a path completed with [`IoError::NoPath`] in this pass, to route again.
+    reroute: Vec<u32>,
     now: u64,
     last_poll: u64,
     inflight: usize,
@@ -469,14 +577,16 @@ impl ReactorSched {
         ReactorSched {
             mgr,
             shard,
-            reqs: Vec::new(),
-            free: Vec::new(),
+            book: Book {
+                slots: Vec::new(),
+                free: Vec::new(),
+                chans: Vec::new(),
+            },
             path_chans: Vec::new(),
             dev_chans: Vec::new(),
-            chans: Vec::new(),
             retry: std::collections::VecDeque::new(),
             released: Vec::with_capacity(RELEASE_BATCH),
-            done_buf: Vec::with_capacity(256),
+            reroute: Vec::new(),
             now: 0,
             last_poll: u64::MAX,
             inflight: 0,
@@ -494,59 +604,35 @@ impl ReactorSched {
     }
 
     fn open_volume_channel(&mut self, _vol: &VmVolume) -> u32 {
-        if let Some(i) = self.chans.iter().position(|c| !c.live && c.pending == 0) {
-            self.chans[i] = ChanSlot {
-                done: Default::default(),
-                live: true,
-                pending: 0,
-            };
+        let chans = &mut self.book.chans;
+        if let Some(i) = chans.iter().position(|c| !c.live && c.pending == 0) {
+            let c = &mut chans[i];
+            c.done.clear();
+            c.live = true;
             return i as u32;
         }
-        self.chans.push(ChanSlot {
-            done: Default::default(),
+        chans.push(ChanSlot {
+            done: Vec::new(),
             live: true,
             pending: 0,
         });
-        (self.chans.len() - 1) as u32
-    }
-
-    fn alloc(&mut self, p: Pending) -> Option<u32> {
-        if let Some(i) = self.free.pop() {
-            self.reqs[i as usize] = Some(p);
-            return Some(i);
-        }
-        if self.reqs.len() >= MAX_REQS_PER_REACTOR {
-            return None;
-        }
-        self.reqs.push(Some(p));
-        Some((self.reqs.len() - 1) as u32)
-    }
-
-    fn finish(&mut self, idx: u32, result: Result<(), IoError>) {
-        let p = self.reqs[idx as usize].take().expect("live request");
-        self.free.push(idx);
-        let c = &mut self.chans[p.chan as usize];
-        c.pending -= 1;
-        if c.live {
-            c.done.push_back((
-                IoCompletion {
-                    tag: p.user_tag,
-                    result,
-                },
-                p.op,
-                p.bytes,
-            ));
-        }
+        (chans.len() - 1) as u32
     }
 
     /// The channel index (and route) of a scheduler path, opened on first use.
+    #[inline]
     fn path_channel(&mut self, path: PathId) -> Result<(usize, Option<u16>), IoError> {
+        match self.path_chans.get(path.index()) {
+            Some(&Some(c)) => Ok(c),
+            _ => self.open_path_channel(path),
+        }
+    }
+
+    #[cold]
+    fn open_path_channel(&mut self, path: PathId) -> Result<(usize, Option<u16>), IoError> {
         let i = path.index();
         if self.path_chans.len() <= i {
             self.path_chans.resize_with(i + 1, || None);
-        }
-        if let Some(c) = self.path_chans[i] {
-            return Ok(c);
         }
         let t = self.mgr.path_target(path).ok_or(IoError::NoPath)?;
         let key = Arc::as_ptr(&t.dev) as *const ();
@@ -565,136 +651,137 @@ impl ReactorSched {
         Ok((ci, t.route))
     }
 
-    /// Issues request `idx` on `path`.
+    /// Issues request `idx` on `path` from its slot.
     fn issue(&mut self, idx: u32, path: PathId) {
-        let now = self.now;
-        let (req, allowed) = {
-            let p = self.reqs[idx as usize].as_mut().expect("live request");
-            p.path = Some(path);
-            p.issued_at = now;
-            // The request stays in the slab (a path refusal re-routes it); the path gets a copy
-            // tagged with the slab index. IoVecs are Copy: the list is a plain memcpy.
-            let r = &p.req;
-            (
-                IoRequest {
-                    op: r.op,
-                    offset_blocks: r.offset_blocks,
-                    num_blocks: r.num_blocks,
-                    iovs: vmpath_bdev::SgList::from_slice(&r.iovs),
-                    tag: idx as u64,
-                },
-                p.allowed,
-            )
+        let p = &self.book.slots[idx as usize];
+        let mut iovs = SgList::new();
+        for &v in &p.iovs {
+            iovs.push(v);
+        }
+        let req = IoRequest {
+            op: p.op,
+            offset_blocks: p.offset_blocks,
+            num_blocks: p.num_blocks,
+            iovs,
+            tag: idx as u64,
         };
-        if allowed & (1u64 << (path.index() % 64)) == 0 {
+        self.dispatch(idx, path, req);
+    }
+
+    /// Submits `req` (request `idx`, tagged with `idx`) on `path`'s channel. A full channel
+    /// queues it for a retry from its slot.
+    #[inline]
+    fn dispatch(&mut self, idx: u32, path: PathId, req: IoRequest) {
+        let p = &mut self.book.slots[idx as usize];
+        p.path = path.0;
+        p.issued_at = self.now;
+        if p.allowed & (1u64 << (path.index() % 64)) == 0 {
             // The VM's policy picked a path that does not reach this volume's storage.
             tracing::warn!(
                 path = path.index(),
                 "request routed to a path outside its volume"
             );
-            let (vm, bytes) = {
-                let p = self.reqs[idx as usize].as_ref().expect("live");
-                (p.vm, p.bytes)
-            };
-            let _ = self.shard.complete(vm, path, bytes, 0);
-            self.finish(idx, Err(IoError::NoPath));
-            return;
+            return self.fail_issued(idx, path, IoError::NoPath);
         }
-        let submitted = self.path_channel(path).map(|(ci, route)| {
-            let ch = &mut self.dev_chans[ci].1;
-            match route {
-                Some(r) => ch.submit_routed(r, req),
-                None => ch.submit(req),
-            }
-        });
+        let (ci, route) = match self.path_channel(path) {
+            Ok(c) => c,
+            Err(e) => return self.fail_issued(idx, path, e),
+        };
+        let ch = &mut self.dev_chans[ci].1;
+        let submitted = match route {
+            Some(r) => ch.submit_routed(r, req),
+            None => ch.submit(req),
+        };
         match submitted {
-            Ok(r) => match r {
-                Ok(()) => self.inflight += 1,
-                Err(SubmitError {
-                    reason: SubmitErrorKind::QueueFull,
-                    ..
-                }) => self.retry.push_back(idx),
-            },
-            Err(e) => {
-                let (vm, bytes) = {
-                    let p = self.reqs[idx as usize].as_ref().expect("live");
-                    (p.vm, p.bytes)
-                };
-                let _ = self.shard.complete(vm, path, bytes, 0);
-                self.finish(idx, Err(e));
-            }
+            Ok(()) => self.inflight += 1,
+            Err(SubmitError {
+                reason: SubmitErrorKind::QueueFull,
+                ..
+            }) => self.retry.push_back(idx),
         }
     }
 
-    /// Enqueues a request through the scheduler.
-    #[allow(clippy::too_many_arguments)]
+    /// Completes a request routed to `path` with `err` without issuing it.
+    #[cold]
+    fn fail_issued(&mut self, idx: u32, path: PathId, err: IoError) {
+        let p = &self.book.slots[idx as usize];
+        let _ = self.shard.complete(p.vm, path, p.bytes, 0);
+        self.book.finish(idx, Err(err));
+    }
+
+    /// Enqueues a request of volume channel `chan` (its first block on the storage:
+    /// `offset_blocks`) through the scheduler. A request routed at once goes to its path as
+    /// is (offset translated, tagged with its slot). Hands the request back untouched when the
+    /// reactor or the VM's hold queue is full.
+    #[inline]
     fn submit(
         &mut self,
         chan: u32,
         vm: VmId,
-        req: IoRequest,
-        user_tag: u64,
+        mut req: IoRequest,
+        offset_blocks: u64,
         bytes: u32,
         allowed: u64,
     ) -> Result<(), IoRequest> {
-        let is_write = matches!(req.op, IoType::Write | IoType::WriteZeroes | IoType::Unmap);
-        if self.free.is_empty() && self.reqs.len() >= MAX_REQS_PER_REACTOR {
+        let Some(idx) = self
+            .book
+            .alloc(&req, offset_blocks, chan, vm, bytes, allowed)
+        else {
             return Err(req);
-        }
-        let op = req.op;
-        let Some(idx) = self.alloc(Pending {
-            req,
-            chan,
-            user_tag,
-            vm,
-            bytes,
-            path: None,
-            allowed,
-            issued_at: 0,
-            op,
-        }) else {
-            unreachable!("capacity checked above");
         };
-        self.chans[chan as usize].pending += 1;
         match self
             .shard
-            .enqueue(vm, idx as u64, bytes, is_write, self.now)
+            .enqueue(vm, idx as u64, bytes, is_write(req.op), self.now)
         {
-            Ok(Decision::Route(path)) => self.issue(idx, path),
-            Ok(Decision::Held) => {}
-            Err(ShardError::QueueFull { .. }) => {
-                self.chans[chan as usize].pending -= 1;
-                let mut p = self.reqs[idx as usize].take().expect("live");
-                self.free.push(idx);
-                p.req.tag = user_tag;
-                return Err(p.req);
+            Ok(Decision::Route(path)) => {
+                req.offset_blocks = offset_blocks;
+                req.tag = idx as u64;
+                self.dispatch(idx, path, req);
             }
+            Ok(Decision::Held) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "scheduler refused a request");
-                self.finish(idx, Err(IoError::Aborted));
+                if !self.refused(idx, e) {
+                    return Err(req);
+                }
             }
         }
         Ok(())
     }
 
-    /// One pass: release held requests, retry refused ones, reap path completions.
+    /// The scheduler refused request `idx`: a full hold queue frees its slot (false: hand the
+    /// request back), anything else fails it.
+    #[cold]
+    fn refused(&mut self, idx: u32, e: ShardError) -> bool {
+        if let ShardError::QueueFull { .. } = e {
+            let chan = self.book.slots[idx as usize].chan;
+            self.book.chans[chan as usize].pending -= 1;
+            self.book.free.push(idx);
+            return false;
+        }
+        tracing::warn!(error = %e, "scheduler refused a request");
+        self.book.finish(idx, Err(IoError::Aborted));
+        true
+    }
+
+    /// One pass: release held requests, retry refused ones, reap path completions. A second
+    /// call with the same `now` (several volume channels polled in one reactor loop) only
+    /// reports whether work is pending.
     pub fn poll(&mut self, now: u64) -> PollStatus {
         if now == self.last_poll {
             return PollStatus::from_work(self.shard.held() > 0 || self.inflight > 0);
         }
+        self.poll_pass(now)
+    }
+
+    #[inline(never)]
+    fn poll_pass(&mut self, now: u64) -> PollStatus {
         self.last_poll = now;
         self.now = now;
         let mut work = false;
 
         // Retry requests a full path channel refused, in order.
-        let n = self.retry.len();
-        for _ in 0..n {
-            let idx = self.retry.pop_front().expect("len checked");
-            let path = self.reqs[idx as usize]
-                .as_ref()
-                .and_then(|p| p.path)
-                .expect("retry entries are routed");
-            self.issue(idx, path);
+        if !self.retry.is_empty() {
+            self.retry_refused();
             work = true;
         }
 
@@ -709,61 +796,83 @@ impl ReactorSched {
                     Outcome::Route(path) => self.issue(idx, path),
                     Outcome::Fail(reason) => {
                         tracing::debug!(?reason, "held request failed back");
-                        self.finish(idx, Err(IoError::NoPath));
+                        self.book.finish(idx, Err(IoError::NoPath));
                     }
                 }
             }
         }
         self.released = released;
 
-        // Reap completions of every path channel.
-        let mut done = std::mem::take(&mut self.done_buf);
-        done.clear();
-        for (_, ch) in self.dev_chans.iter_mut() {
-            if ch.outstanding() > 0 {
-                ch.poll(now, &mut |c| done.push(c));
+        // Reap completions of every path channel, straight into the channels' done queues.
+        let ReactorSched {
+            dev_chans,
+            shard,
+            book,
+            reroute,
+            inflight,
+            ..
+        } = self;
+        for (_, ch) in dev_chans.iter_mut() {
+            if ch.outstanding() == 0 {
+                continue;
             }
-        }
-        for &c in &done {
-            work = true;
-            self.inflight -= 1;
-            let idx = c.tag as u32;
-            let (vm, path, bytes, issued_at) = {
-                let p = self.reqs[idx as usize]
-                    .as_ref()
-                    .expect("completion of a live request");
-                (p.vm, p.path.expect("issued"), p.bytes, p.issued_at)
-            };
-            let _ = self
-                .shard
-                .complete(vm, path, bytes, now.saturating_sub(issued_at));
-            if c.result == Err(IoError::NoPath) {
-                // The path could not take it at all: route it again.
-                let is_write = {
-                    let p = self.reqs[idx as usize].as_mut().expect("live");
-                    p.path = None;
-                    matches!(
-                        p.req.op,
-                        IoType::Write | IoType::WriteZeroes | IoType::Unmap
-                    )
-                };
-                match self.shard.enqueue(vm, idx as u64, bytes, is_write, now) {
-                    Ok(Decision::Route(p)) if p != path => {
-                        self.issue(idx, p);
-                        continue;
-                    }
-                    Ok(Decision::Route(p)) => {
-                        // Same path again: it just refused; fail the request rather than spin.
-                        let _ = self.shard.complete(vm, p, bytes, 0);
-                    }
-                    Ok(Decision::Held) => continue,
-                    Err(_) => {}
+            ch.poll(now, &mut |c| {
+                work = true;
+                *inflight -= 1;
+                let idx = c.tag as u32;
+                let p = &book.slots[idx as usize];
+                let _ = shard.complete(
+                    p.vm,
+                    PathId(p.path),
+                    p.bytes,
+                    now.saturating_sub(p.issued_at),
+                );
+                if c.result == Err(IoError::NoPath) {
+                    // The path could not take it at all: route it again (below).
+                    reroute.push(idx);
+                } else {
+                    book.finish(idx, c.result);
                 }
-            }
-            self.finish(idx, c.result);
+            });
         }
-        self.done_buf = done;
+        if !self.reroute.is_empty() {
+            self.reroute_refused(now);
+        }
         PollStatus::from_work(work || self.shard.held() > 0 || self.inflight > 0)
+    }
+
+    #[cold]
+    fn retry_refused(&mut self) {
+        for _ in 0..self.retry.len() {
+            let idx = self.retry.pop_front().expect("len checked");
+            let path = self.book.slots[idx as usize].path;
+            debug_assert_ne!(path, UNROUTED, "retry entries are routed");
+            self.issue(idx, PathId(path));
+        }
+    }
+
+    /// Routes requests completed with [`IoError::NoPath`] again, on another path.
+    #[cold]
+    fn reroute_refused(&mut self, now: u64) {
+        let mut list = std::mem::take(&mut self.reroute);
+        for &idx in &list {
+            let p = &mut self.book.slots[idx as usize];
+            let refused = PathId(p.path);
+            p.path = UNROUTED;
+            let (vm, bytes, write) = (p.vm, p.bytes, is_write(p.op));
+            match self.shard.enqueue(vm, idx as u64, bytes, write, now) {
+                Ok(Decision::Route(path)) if path != refused => self.issue(idx, path),
+                Ok(Decision::Route(path)) => {
+                    // Same path again: it just refused; fail the request rather than spin.
+                    let _ = self.shard.complete(vm, path, bytes, 0);
+                    self.book.finish(idx, Err(IoError::NoPath));
+                }
+                Ok(Decision::Held) => {}
+                Err(_) => self.book.finish(idx, Err(IoError::NoPath)),
+            }
+        }
+        list.clear();
+        self.reroute = list;
     }
 }
 
@@ -777,76 +886,60 @@ struct VolumeChannel {
     /// Bit i set: scheduler path i reaches this volume's storage.
     allowed: u64,
     stats: Arc<SharedStats>,
-    local: IoStats,
 }
 
 impl IoChannel for VolumeChannel {
-    fn submit(&mut self, mut req: IoRequest) -> Result<(), SubmitError> {
+    fn submit(&mut self, req: IoRequest) -> Result<(), SubmitError> {
         let mut ctx = self.ctx.borrow_mut();
         if let Err(e) = vmpath_bdev::validate(&self.info, &req) {
-            let c = &mut ctx.chans[self.slot as usize];
-            c.done.push_back((
-                IoCompletion {
-                    tag: req.tag,
-                    result: Err(e),
-                },
-                req.op,
-                0,
-            ));
+            ctx.book.chans[self.slot as usize].done.push(Done {
+                tag: req.tag,
+                result: Err(e),
+                op: req.op,
+                bytes: 0,
+            });
             return Ok(());
         }
-        if ctx.reqs.len() >= MAX_REQS_PER_REACTOR && ctx.free.is_empty() {
-            return Err(SubmitError {
+        let (offset, bytes) = if req.op == IoType::Flush {
+            (req.offset_blocks, 0)
+        } else {
+            (
+                req.offset_blocks + self.offset_blocks,
+                (req.num_blocks as u64 * self.info.block_size as u64).min(u32::MAX as u64) as u32,
+            )
+        };
+        ctx.submit(self.slot, self.vm, req, offset, bytes, self.allowed)
+            .map_err(|req| SubmitError {
                 req,
                 reason: SubmitErrorKind::QueueFull,
-            });
-        }
-        let user_tag = req.tag;
-        let bytes = if req.op == IoType::Flush {
-            0
-        } else {
-            (req.num_blocks as u64 * self.info.block_size as u64).min(u32::MAX as u64) as u32
-        };
-        if req.op != IoType::Flush {
-            req.offset_blocks += self.offset_blocks;
-        }
-        let allowed = self.allowed;
-        let offset = self.offset_blocks;
-        match ctx.submit(self.slot, self.vm, req, user_tag, bytes, allowed) {
-            Ok(()) => Ok(()),
-            Err(mut req) => {
-                if req.op != IoType::Flush {
-                    req.offset_blocks -= offset;
-                }
-                req.tag = user_tag;
-                Err(SubmitError {
-                    req,
-                    reason: SubmitErrorKind::QueueFull,
-                })
-            }
-        }
+            })
     }
 
     fn poll(&mut self, now: u64, done: &mut dyn FnMut(IoCompletion)) -> usize {
         let mut ctx = self.ctx.borrow_mut();
-        ctx.poll(now);
-        let c = &mut ctx.chans[self.slot as usize];
-        let mut n = 0;
-        while let Some((d, op, bytes)) = c.done.pop_front() {
-            self.local.count(op, bytes as u64, d.result.is_ok());
-            done(d);
-            n += 1;
+        if now != ctx.last_poll {
+            ctx.poll_pass(now);
         }
-        if n > 0 {
-            self.stats.add(&self.local);
-            self.local = IoStats::default();
+        let c = &mut ctx.book.chans[self.slot as usize];
+        let n = c.done.len();
+        if n == 0 {
+            return 0;
         }
+        let mut local = IoStats::default();
+        for d in c.done.drain(..) {
+            local.count(d.op, d.bytes as u64, d.result.is_ok());
+            done(IoCompletion {
+                tag: d.tag,
+                result: d.result,
+            });
+        }
+        self.stats.add(&local);
         n
     }
 
     fn outstanding(&self) -> usize {
         let ctx = self.ctx.borrow();
-        let c = &ctx.chans[self.slot as usize];
+        let c = &ctx.book.chans[self.slot as usize];
         c.pending + c.done.len()
     }
 
@@ -862,7 +955,7 @@ impl IoChannel for VolumeChannel {
 impl Drop for VolumeChannel {
     fn drop(&mut self) {
         if let Ok(mut ctx) = self.ctx.try_borrow_mut() {
-            let c = &mut ctx.chans[self.slot as usize];
+            let c = &mut ctx.book.chans[self.slot as usize];
             c.live = false;
             c.done.clear();
         }
