@@ -280,6 +280,17 @@ pub(crate) struct Conn {
     pub maxr2t: u32,
 }
 
+/// Frees request slot `idx` (no-op if already free).
+#[inline]
+fn release_slot(slots: &mut [Req], free: &mut Vec<u16>, idx: u16) {
+    let r = &mut slots[idx as usize];
+    if r.state == RState::Free {
+        return;
+    }
+    r.state = RState::Free;
+    free.push(idx);
+}
+
 /// Why processing input stopped the connection.
 #[derive(Debug)]
 pub(crate) enum Fatal {
@@ -372,12 +383,7 @@ impl Conn {
     }
 
     pub(crate) fn free_slot(&mut self, idx: u16) {
-        let r = &mut self.slots[idx as usize];
-        if r.state == RState::Free {
-            return;
-        }
-        r.state = RState::Free;
-        self.free.push(idx);
+        release_slot(&mut self.slots, &mut self.free, idx);
     }
 
     /// Ensures slot `idx` has a buffer of at least `len` bytes and sets its transfer length.
@@ -889,11 +895,10 @@ impl Conn {
             match r {
                 Ok(SockIo::Done(n)) => {
                     sent_any = true;
-                    let mut released: smallvec::SmallVec<[u16; 32]> = smallvec::SmallVec::new();
-                    self.tx.advance(n, &mut |s| released.push(s));
-                    for s in released {
-                        self.free_slot(s);
-                    }
+                    // Slots are freed as their last byte leaves (disjoint borrows: no
+                    // list of released slots, which could spill to the heap at high QD).
+                    let (slots, free) = (&mut self.slots, &mut self.free);
+                    self.tx.advance(n, &mut |s| release_slot(slots, free, s));
                     if self.tx.is_empty() {
                         break;
                     }

@@ -210,13 +210,14 @@ impl Conn {
     /// Rebuilds the NSID → channel routes when the subsystem changed (new or removed
     /// namespaces, ANA state changes). One atomic load per poll when nothing changed.
     pub(crate) fn refresh_routes(&mut self, env: &mut Env<'_>) {
+        // Fast path (every poll): one atomic load, no reference-count traffic.
+        match &self.subsys {
+            Some(sub) if sub.generation() != self.ns_gen => {}
+            _ => return,
+        }
         let Some(sub) = self.subsys.clone() else {
             return;
         };
-        let gen = sub.generation();
-        if gen == self.ns_gen {
-            return;
-        }
         let snap = sub.snapshot();
         let max = snap
             .namespaces
