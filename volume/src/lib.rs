@@ -415,6 +415,44 @@ fn is_write(op: IoType) -> bool {
     matches!(op, IoType::Write | IoType::WriteZeroes | IoType::Unmap)
 }
 
+/// [`vmpath_bdev::validate`] against the volume's geometry, with a fast path for the common
+/// request: a read (or a write to a writable volume) of one buffer segment, in range.
+#[inline]
+fn check(info: &BdevInfo, req: &IoRequest) -> Result<(), IoError> {
+    if let [v] = req.iovs.as_slice() {
+        let n = req.num_blocks as u64;
+        if (req.op == IoType::Read || (req.op == IoType::Write && !info.read_only))
+            && n != 0
+            && req
+                .offset_blocks
+                .checked_add(n)
+                .is_some_and(|end| end <= info.num_blocks)
+            && v.len() as u64 == n * info.block_size as u64
+            && info.buf_align <= 1
+        {
+            return Ok(());
+        }
+    }
+    check_full(info, req)
+}
+
+#[cold]
+fn check_full(info: &BdevInfo, req: &IoRequest) -> Result<(), IoError> {
+    vmpath_bdev::validate(info, req)
+}
+
+/// Copies a scatter-gather list into `dst`, reusing its storage (one segment: a plain store).
+#[inline(always)]
+fn copy_sg(dst: &mut SgList, src: &SgList) {
+    match src.as_slice() {
+        &[v] if !dst.spilled() => *dst = SgList::from_buf_and_len([v; 4], 1),
+        s => {
+            dst.clear();
+            dst.extend_from_slice(s);
+        }
+    }
+}
+
 /// A request in the scheduler's hands: one slot of the reactor's slab from submission to
 /// completion. The slot keeps what is needed to issue the request again (a held request, a
 /// full path channel, an [`IoError::NoPath`] completion); a request routed at once goes to its
@@ -484,10 +522,7 @@ impl Book {
             None => self.grow()?,
         };
         let p = &mut self.slots[idx as usize];
-        p.iovs.clear();
-        for &v in &req.iovs {
-            p.iovs.push(v);
-        }
+        copy_sg(&mut p.iovs, &req.iovs);
         p.offset_blocks = offset_blocks;
         p.tag = req.tag;
         p.allowed = allowed;
@@ -655,9 +690,7 @@ impl ReactorSched {
     fn issue(&mut self, idx: u32, path: PathId) {
         let p = &self.book.slots[idx as usize];
         let mut iovs = SgList::new();
-        for &v in &p.iovs {
-            iovs.push(v);
-        }
+        copy_sg(&mut iovs, &p.iovs);
         let req = IoRequest {
             op: p.op,
             offset_blocks: p.offset_blocks,
@@ -707,45 +740,6 @@ impl ReactorSched {
         let p = &self.book.slots[idx as usize];
         let _ = self.shard.complete(p.vm, path, p.bytes, 0);
         self.book.finish(idx, Err(err));
-    }
-
-    /// Enqueues a request of volume channel `chan` (its first block on the storage:
-    /// `offset_blocks`) through the scheduler. A request routed at once goes to its path as
-    /// is (offset translated, tagged with its slot). Hands the request back untouched when the
-    /// reactor or the VM's hold queue is full.
-    #[inline]
-    fn submit(
-        &mut self,
-        chan: u32,
-        vm: VmId,
-        mut req: IoRequest,
-        offset_blocks: u64,
-        bytes: u32,
-        allowed: u64,
-    ) -> Result<(), IoRequest> {
-        let Some(idx) = self
-            .book
-            .alloc(&req, offset_blocks, chan, vm, bytes, allowed)
-        else {
-            return Err(req);
-        };
-        match self
-            .shard
-            .enqueue(vm, idx as u64, bytes, is_write(req.op), self.now)
-        {
-            Ok(Decision::Route(path)) => {
-                req.offset_blocks = offset_blocks;
-                req.tag = idx as u64;
-                self.dispatch(idx, path, req);
-            }
-            Ok(Decision::Held) => {}
-            Err(e) => {
-                if !self.refused(idx, e) {
-                    return Err(req);
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The scheduler refused request `idx`: a full hold queue frees its slot (false: hand the
@@ -889,9 +883,13 @@ struct VolumeChannel {
 }
 
 impl IoChannel for VolumeChannel {
-    fn submit(&mut self, req: IoRequest) -> Result<(), SubmitError> {
+    /// Records the request in a slab slot and enqueues it through the scheduler. A request
+    /// routed at once goes to its path as is (offset translated, tagged with its slot). A full
+    /// reactor or hold queue hands it back untouched.
+    fn submit(&mut self, mut req: IoRequest) -> Result<(), SubmitError> {
         let mut ctx = self.ctx.borrow_mut();
-        if let Err(e) = vmpath_bdev::validate(&self.info, &req) {
+        let ctx = &mut *ctx;
+        if let Err(e) = check(&self.info, &req) {
             ctx.book.chans[self.slot as usize].done.push(Done {
                 tag: req.tag,
                 result: Err(e),
@@ -908,11 +906,36 @@ impl IoChannel for VolumeChannel {
                 (req.num_blocks as u64 * self.info.block_size as u64).min(u32::MAX as u64) as u32,
             )
         };
-        ctx.submit(self.slot, self.vm, req, offset, bytes, self.allowed)
-            .map_err(|req| SubmitError {
+        let vm = self.vm;
+        let Some(idx) = ctx
+            .book
+            .alloc(&req, offset, self.slot, vm, bytes, self.allowed)
+        else {
+            return Err(SubmitError {
                 req,
                 reason: SubmitErrorKind::QueueFull,
-            })
+            });
+        };
+        match ctx
+            .shard
+            .enqueue(vm, idx as u64, bytes, is_write(req.op), ctx.now)
+        {
+            Ok(Decision::Route(path)) => {
+                req.offset_blocks = offset;
+                req.tag = idx as u64;
+                ctx.dispatch(idx, path, req);
+            }
+            Ok(Decision::Held) => {}
+            Err(e) => {
+                if !ctx.refused(idx, e) {
+                    return Err(SubmitError {
+                        req,
+                        reason: SubmitErrorKind::QueueFull,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn poll(&mut self, now: u64, done: &mut dyn FnMut(IoCompletion)) -> usize {
