@@ -31,7 +31,7 @@
 //! apply the write rule themselves (`nvme_paths`): a write whose outcome is unknown completes
 //! only once it can no longer land.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -379,10 +379,11 @@ impl BlockDevice for VmVolume {
                     self.info.name
                 ),
             })?;
-        let slot = ctx.borrow_mut().open_volume_channel(self);
+        let (slot, out) = ctx.borrow_mut().open_volume_channel();
         Ok(Box::new(VolumeChannel {
             ctx,
             slot,
+            out,
             info: self.info.clone(),
             vm: self.vm,
             offset_blocks: self.offset_blocks,
@@ -492,8 +493,22 @@ struct ChanSlot {
     /// Finished requests of this channel, in completion order.
     done: Vec<Done>,
     live: bool,
-    /// Requests of this channel in the scheduler's hands.
-    pending: usize,
+    /// Requests of this channel in the scheduler's hands plus completions not delivered yet
+    /// (the channel's `outstanding`, read by frontends every loop without borrowing the
+    /// reactor context).
+    out: Rc<Cell<usize>>,
+}
+
+impl ChanSlot {
+    #[inline]
+    fn add_out(&self, n: usize) {
+        self.out.set(self.out.get() + n);
+    }
+
+    #[inline]
+    fn sub_out(&self, n: usize) {
+        self.out.set(self.out.get() - n);
+    }
 }
 
 /// One reactor's requests: the slab (slots never move; free slots are reused, last freed
@@ -532,7 +547,7 @@ impl Book {
         p.num_blocks = req.num_blocks;
         p.path = UNROUTED;
         p.op = req.op;
-        self.chans[chan as usize].pending += 1;
+        self.chans[chan as usize].add_out(1);
         Some(idx)
     }
 
@@ -564,7 +579,6 @@ impl Book {
     fn finish(&mut self, idx: u32, result: Result<(), IoError>) {
         let p = &self.slots[idx as usize];
         let c = &mut self.chans[p.chan as usize];
-        c.pending -= 1;
         if c.live {
             c.done.push(Done {
                 tag: p.tag,
@@ -572,6 +586,8 @@ impl Book {
                 op: p.op,
                 bytes: p.bytes,
             });
+        } else {
+            c.sub_out(1);
         }
         self.free.push(idx);
     }
@@ -638,20 +654,24 @@ impl ReactorSched {
         self.inflight
     }
 
-    fn open_volume_channel(&mut self, _vol: &VmVolume) -> u32 {
+    /// A slot for a new volume channel (a closed channel's, once its requests are all done),
+    /// and its outstanding counter.
+    fn open_volume_channel(&mut self) -> (u32, Rc<Cell<usize>>) {
         let chans = &mut self.book.chans;
-        if let Some(i) = chans.iter().position(|c| !c.live && c.pending == 0) {
+        let out = Rc::new(Cell::new(0));
+        if let Some(i) = chans.iter().position(|c| !c.live && c.out.get() == 0) {
             let c = &mut chans[i];
             c.done.clear();
             c.live = true;
-            return i as u32;
+            c.out = out.clone();
+            return (i as u32, out);
         }
         chans.push(ChanSlot {
             done: Vec::new(),
             live: true,
-            pending: 0,
+            out: out.clone(),
         });
-        (chans.len() - 1) as u32
+        ((chans.len() - 1) as u32, out)
     }
 
     /// The channel index (and route) of a scheduler path, opened on first use.
@@ -703,7 +723,7 @@ impl ReactorSched {
 
     /// Submits `req` (request `idx`, tagged with `idx`) on `path`'s channel. A full channel
     /// queues it for a retry from its slot.
-    #[inline]
+    #[inline(always)]
     fn dispatch(&mut self, idx: u32, path: PathId, req: IoRequest) {
         let p = &mut self.book.slots[idx as usize];
         p.path = path.0;
@@ -748,7 +768,7 @@ impl ReactorSched {
     fn refused(&mut self, idx: u32, e: ShardError) -> bool {
         if let ShardError::QueueFull { .. } = e {
             let chan = self.book.slots[idx as usize].chan;
-            self.book.chans[chan as usize].pending -= 1;
+            self.book.chans[chan as usize].sub_out(1);
             self.book.free.push(idx);
             return false;
         }
@@ -874,6 +894,8 @@ impl ReactorSched {
 struct VolumeChannel {
     ctx: Rc<RefCell<ReactorSched>>,
     slot: u32,
+    /// The slot's outstanding counter.
+    out: Rc<Cell<usize>>,
     info: BdevInfo,
     vm: VmId,
     offset_blocks: u64,
@@ -890,7 +912,9 @@ impl IoChannel for VolumeChannel {
         let mut ctx = self.ctx.borrow_mut();
         let ctx = &mut *ctx;
         if let Err(e) = check(&self.info, &req) {
-            ctx.book.chans[self.slot as usize].done.push(Done {
+            let c = &mut ctx.book.chans[self.slot as usize];
+            c.add_out(1);
+            c.done.push(Done {
                 tag: req.tag,
                 result: Err(e),
                 op: req.op,
@@ -956,14 +980,13 @@ impl IoChannel for VolumeChannel {
                 result: d.result,
             });
         }
+        self.out.set(self.out.get() - n);
         self.stats.add(&local);
         n
     }
 
     fn outstanding(&self) -> usize {
-        let ctx = self.ctx.borrow();
-        let c = &ctx.book.chans[self.slot as usize];
-        c.pending + c.done.len()
+        self.out.get()
     }
 
     fn capacity(&self) -> usize {
@@ -980,6 +1003,7 @@ impl Drop for VolumeChannel {
         if let Ok(mut ctx) = self.ctx.try_borrow_mut() {
             let c = &mut ctx.book.chans[self.slot as usize];
             c.live = false;
+            c.sub_out(c.done.len());
             c.done.clear();
         }
     }
