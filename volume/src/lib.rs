@@ -973,13 +973,14 @@ impl IoChannel for VolumeChannel {
             return 0;
         }
         let mut local = IoStats::default();
-        for d in c.done.drain(..) {
+        for d in &c.done {
             local.count(d.op, d.bytes as u64, d.result.is_ok());
             done(IoCompletion {
                 tag: d.tag,
                 result: d.result,
             });
         }
+        c.done.clear();
         self.out.set(self.out.get() - n);
         self.stats.add(&local);
         n
