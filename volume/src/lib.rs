@@ -446,7 +446,10 @@ fn check_full(info: &BdevInfo, req: &IoRequest) -> Result<(), IoError> {
 #[inline(always)]
 fn copy_sg(dst: &mut SgList, src: &SgList) {
     match src.as_slice() {
-        &[v] if !dst.spilled() => *dst = SgList::from_buf_and_len([v; 4], 1),
+        &[v] if !dst.spilled() => {
+            dst.clear();
+            dst.push(v);
+        }
         s => {
             dst.clear();
             dst.extend_from_slice(s);
@@ -593,13 +596,22 @@ impl Book {
     }
 }
 
+/// Where a scheduler path's requests go on this reactor: a device channel (index into
+/// `dev_chans`) and, for a multi-route device, the route.
+#[derive(Debug, Clone, Copy)]
+struct PathChan {
+    dev: u32,
+    route: u16,
+    routed: bool,
+}
+
 /// One reactor's scheduling context: its shard, its path channels, its requests.
 pub struct ReactorSched {
     mgr: Arc<VolumeManager>,
     shard: Shard,
     book: Book,
     /// Per scheduler path: index into `dev_chans` and the route, once resolved.
-    path_chans: Vec<Option<(usize, Option<u16>)>>,
+    path_chans: Vec<Option<PathChan>>,
     /// One channel per distinct device (scheduler paths over routes of one device share it),
     /// keyed by the device's address.
     dev_chans: Vec<(*const (), Box<dyn IoChannel>)>,
@@ -676,7 +688,7 @@ impl ReactorSched {
 
     /// The channel index (and route) of a scheduler path, opened on first use.
     #[inline]
-    fn path_channel(&mut self, path: PathId) -> Result<(usize, Option<u16>), IoError> {
+    fn path_channel(&mut self, path: PathId) -> Result<PathChan, IoError> {
         match self.path_chans.get(path.index()) {
             Some(&Some(c)) => Ok(c),
             _ => self.open_path_channel(path),
@@ -684,7 +696,7 @@ impl ReactorSched {
     }
 
     #[cold]
-    fn open_path_channel(&mut self, path: PathId) -> Result<(usize, Option<u16>), IoError> {
+    fn open_path_channel(&mut self, path: PathId) -> Result<PathChan, IoError> {
         let i = path.index();
         if self.path_chans.len() <= i {
             self.path_chans.resize_with(i + 1, || None);
@@ -702,8 +714,13 @@ impl ReactorSched {
                 self.dev_chans.len() - 1
             }
         };
-        self.path_chans[i] = Some((ci, t.route));
-        Ok((ci, t.route))
+        let pc = PathChan {
+            dev: ci as u32,
+            route: t.route.unwrap_or(0),
+            routed: t.route.is_some(),
+        };
+        self.path_chans[i] = Some(pc);
+        Ok(pc)
     }
 
     /// Issues request `idx` on `path` from its slot.
@@ -736,14 +753,15 @@ impl ReactorSched {
             );
             return self.fail_issued(idx, path, IoError::NoPath);
         }
-        let (ci, route) = match self.path_channel(path) {
+        let pc = match self.path_channel(path) {
             Ok(c) => c,
             Err(e) => return self.fail_issued(idx, path, e),
         };
-        let ch = &mut self.dev_chans[ci].1;
-        let submitted = match route {
-            Some(r) => ch.submit_routed(r, req),
-            None => ch.submit(req),
+        let ch = &mut self.dev_chans[pc.dev as usize].1;
+        let submitted = if pc.routed {
+            ch.submit_routed(pc.route, req)
+        } else {
+            ch.submit(req)
         };
         match submitted {
             Ok(()) => self.inflight += 1,
