@@ -30,6 +30,27 @@
 //! back through the scheduler to another path; every other outcome is final. Multipath devices
 //! apply the write rule themselves (`nvme_paths`): a write whose outcome is unknown completes
 //! only once it can no longer land.
+//!
+//! ## Request path
+//!
+//! * **Submit**: the request is checked against the volume (a fast check for the common
+//!   one-segment read/write, the full [`vmpath_bdev::validate`] otherwise), recorded in a slab
+//!   slot taken from a free list (slots are reused in place: no allocation, no move of whole
+//!   requests; the slot keeps what is needed to issue it again) and enqueued in the shard. A
+//!   request routed at once goes to its path channel as the frontend handed it (offset
+//!   translated, tag = slot index). A held request, a full path channel or an
+//!   [`IoError::NoPath`] completion is issued later from the slot.
+//! * **Complete**: the first volume channel polled in a reactor loop (same `now`) runs the
+//!   reactor's pass; path completions go straight from the path channel's callback to the
+//!   shard's accounting and the owning channel's done queue (a plain `Vec`). Each volume
+//!   channel delivers its own queue. `outstanding` is a per-channel counter shared with the
+//!   reactor context, read without borrowing it (frontends call it for every channel, every
+//!   loop).
+//!
+//! Cost (`bash bench/volume_callgrind.sh`, null device, one reactor, QD 128): about 684, 755
+//! and 850 instructions per request at 1, 100 and 1000 VMs, of which the scheduler's enqueue
+//! and completion take about 180, the null device about 140 and the benchmark's own loop 45
+//! to 85.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -1025,5 +1046,131 @@ impl Drop for VolumeChannel {
             c.sub_out(c.done.len());
             c.done.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scheduler::{SchedulerConfig, VmSpec};
+    use vmpath_bdev::malloc::MallocBdev;
+    use vmpath_bdev::sim::SimParams;
+
+    fn setup(max_held: u32) -> (Arc<VolumeManager>, Arc<VmVolume>, VmId) {
+        let sched = Scheduler::new(SchedulerConfig {
+            shards: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let mgr = VolumeManager::new(sched);
+        let dev = Arc::new(MallocBdev::new("m0", 1024, 4096, SimParams::default()).unwrap());
+        mgr.add_path(PathSpec::new("m0", 100_000, 400), dev)
+            .unwrap();
+        let mut spec = VmSpec::new("vm");
+        spec.max_held = max_held;
+        let vm = mgr.scheduler().create_vm(spec).unwrap();
+        let vol = mgr
+            .create_volume("v", vm, &["m0".into()], 100, Some(50))
+            .unwrap();
+        mgr.install_on_thread(0).unwrap();
+        (mgr, vol, vm)
+    }
+
+    fn poll_all(ch: &mut dyn IoChannel, now: &mut u64, got: &mut Vec<IoCompletion>) {
+        for _ in 0..100 {
+            *now += 1_000;
+            ch.poll(*now, &mut |c| got.push(c));
+        }
+    }
+
+    #[test]
+    fn full_hold_queue_hands_the_request_back_untouched() {
+        let (mgr, vol, vm) = setup(4);
+        let mut ch = vol.open_channel().unwrap();
+        mgr.scheduler().suspend_vm(vm).unwrap();
+        for tag in 0..4 {
+            ch.submit(IoRequest::no_data(IoType::WriteZeroes, tag, 1, tag))
+                .unwrap();
+        }
+        assert_eq!(ch.outstanding(), 4);
+        let e = ch
+            .submit(IoRequest::no_data(IoType::WriteZeroes, 7, 2, 99))
+            .expect_err("hold queue is full");
+        assert_eq!(e.reason, SubmitErrorKind::QueueFull);
+        assert_eq!(
+            (e.req.op, e.req.offset_blocks, e.req.num_blocks, e.req.tag),
+            (IoType::WriteZeroes, 7, 2, 99),
+            "the request comes back as submitted (volume offset, frontend tag)"
+        );
+        assert_eq!(ch.outstanding(), 4);
+        mgr.scheduler().resume_vm(vm).unwrap();
+        let (mut now, mut got) = (0, Vec::new());
+        poll_all(ch.as_mut(), &mut now, &mut got);
+        let mut tags: Vec<u64> = got.iter().map(|c| c.tag).collect();
+        tags.sort_unstable();
+        assert_eq!(tags, vec![0, 1, 2, 3]);
+        assert!(got.iter().all(|c| c.result.is_ok()), "{got:?}");
+        assert_eq!(ch.outstanding(), 0);
+        assert_eq!(vol.stats().other_ops, 4);
+    }
+
+    #[test]
+    fn invalid_requests_complete_with_an_error_and_count_as_outstanding() {
+        let (_mgr, vol, _vm) = setup(64);
+        let mut ch = vol.open_channel().unwrap();
+        // Block 49 is the volume's last: 2 blocks from there run past its end.
+        ch.submit(IoRequest::no_data(IoType::Unmap, 49, 2, 5))
+            .unwrap();
+        assert_eq!(ch.outstanding(), 1);
+        let (mut now, mut got) = (0, Vec::new());
+        poll_all(ch.as_mut(), &mut now, &mut got);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].tag, 5);
+        assert!(
+            matches!(
+                got[0].result,
+                Err(IoError::OutOfRange {
+                    end: 51,
+                    capacity: 50,
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
+        assert_eq!(ch.outstanding(), 0);
+        assert_eq!(vol.stats().errors, 1);
+    }
+
+    #[test]
+    fn a_closed_channel_slot_is_reused_only_once_its_requests_are_done() {
+        let (mgr, vol, vm) = setup(64);
+        let mut old = vol.open_channel().unwrap();
+        mgr.scheduler().suspend_vm(vm).unwrap();
+        old.submit(IoRequest::no_data(IoType::WriteZeroes, 0, 1, 1))
+            .unwrap();
+        drop(old);
+        // The held request still owns the old slot: a new channel gets another one and
+        // sees none of the old channel's work.
+        let mut ch = vol.open_channel().unwrap();
+        assert_eq!(ch.outstanding(), 0);
+        mgr.scheduler().resume_vm(vm).unwrap();
+        let (mut now, mut got) = (0, Vec::new());
+        poll_all(ch.as_mut(), &mut now, &mut got);
+        assert!(
+            got.is_empty(),
+            "the closed channel's completion leaked: {got:?}"
+        );
+        ch.submit(IoRequest::no_data(IoType::WriteZeroes, 1, 1, 2))
+            .unwrap();
+        poll_all(ch.as_mut(), &mut now, &mut got);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].tag, got[0].result), (2, Ok(())));
+        drop(ch);
+        // Both slots are idle now: the next channel reuses one of them, with a fresh count.
+        let ctx = mgr.installed().unwrap();
+        assert_eq!(ctx.borrow().book.chans.len(), 2);
+        let ch = vol.open_channel().unwrap();
+        assert_eq!(ch.outstanding(), 0);
+        assert_eq!(ctx.borrow().book.chans.len(), 2);
     }
 }
