@@ -51,6 +51,9 @@ struct Args {
     /// Core of the reactor.
     #[arg(long, default_value_t = 0)]
     reactor_core: usize,
+    /// Queue depth the scheduler keeps on the device (beyond it, requests wait in QoS order).
+    #[arg(long, default_value_t = 8)]
+    path_qd: u32,
     /// Core of the load generator (one thread playing every guest).
     #[arg(long, default_value_t = 1)]
     load_core: usize,
@@ -195,7 +198,7 @@ fn main() -> Result<()> {
         },
     )?);
     let mut ps = PathSpec::new("shared0", args.device_iops, 4000);
-    ps.max_outstanding = 8;
+    ps.max_outstanding = args.path_qd;
     mgr.add_path(ps, dev)?;
     let dir = tempfile::tempdir()?;
     let mut ctrls = Vec::new();
