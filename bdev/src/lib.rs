@@ -307,6 +307,35 @@ pub struct BdevInfo {
     pub read_only: bool,
 }
 
+impl BdevInfo {
+    /// The facts of an in-memory device (null, malloc): checks the geometry and derives a
+    /// stable UUID from the name.
+    pub fn in_memory(
+        name: &str,
+        kind: &'static str,
+        num_blocks: u64,
+        block_size: u32,
+    ) -> Result<BdevInfo, BdevError> {
+        check_block_size(block_size)?;
+        if num_blocks == 0 {
+            return Err(BdevError::InvalidParam {
+                param: "num_blocks",
+                msg: "must be at least 1".into(),
+            });
+        }
+        Ok(BdevInfo {
+            name: name.to_string(),
+            kind,
+            block_size,
+            num_blocks,
+            buf_align: 1,
+            uuid: uuid_from_name(name),
+            max_io_blocks: u32::MAX,
+            read_only: false,
+        })
+    }
+}
+
 /// Counters of a device, summed over all its channels.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IoStats {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::sim::{CompletionQueue, SimDevice, SimParams};
 use crate::{
-    check_block_size, uuid_from_name, validate, BdevError, BdevInfo, BlockDevice, IoChannel,
-    IoCompletion, IoRequest, IoStats, IoType, SharedStats, SubmitError, SubmitErrorKind,
+    validate, BdevError, BdevInfo, BlockDevice, IoChannel, IoCompletion, IoRequest, IoStats,
+    IoType, SharedStats, SubmitError, SubmitErrorKind,
 };
 
 /// Queue depth of one malloc channel.
@@ -53,13 +53,7 @@ impl MallocBdev {
         block_size: u32,
         sim: SimParams,
     ) -> Result<MallocBdev, BdevError> {
-        check_block_size(block_size)?;
-        if num_blocks == 0 {
-            return Err(BdevError::InvalidParam {
-                param: "num_blocks",
-                msg: "must be at least 1".into(),
-            });
-        }
+        let info = BdevInfo::in_memory(name, "malloc", num_blocks, block_size)?;
         let size = num_blocks
             .checked_mul(block_size as u64)
             .filter(|s| *s <= isize::MAX as u64 / 2)
@@ -81,16 +75,7 @@ impl MallocBdev {
             });
         }
         Ok(MallocBdev {
-            info: BdevInfo {
-                name: name.to_string(),
-                kind: "malloc",
-                block_size,
-                num_blocks,
-                buf_align: 1,
-                uuid: uuid_from_name(name),
-                max_io_blocks: u32::MAX,
-                read_only: false,
-            },
+            info,
             mem: Arc::new(Mem { ptr, layout }),
             sim: Arc::new(SimDevice::new(sim)),
             stats: Arc::default(),

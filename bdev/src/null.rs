@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::sim::{CompletionQueue, SimDevice, SimParams};
 use crate::{
-    check_block_size, uuid_from_name, validate, BdevError, BdevInfo, BlockDevice, IoChannel,
-    IoCompletion, IoRequest, IoStats, SharedStats, SubmitError, SubmitErrorKind,
+    validate, BdevError, BdevInfo, BlockDevice, IoChannel, IoCompletion, IoRequest, IoStats,
+    SharedStats, SubmitError, SubmitErrorKind,
 };
 
 /// Queue depth of one null channel.
@@ -28,24 +28,9 @@ impl NullBdev {
         block_size: u32,
         sim: SimParams,
     ) -> Result<NullBdev, BdevError> {
-        check_block_size(block_size)?;
-        if num_blocks == 0 {
-            return Err(BdevError::InvalidParam {
-                param: "num_blocks",
-                msg: "must be at least 1".into(),
-            });
-        }
+        let info = BdevInfo::in_memory(name, "null", num_blocks, block_size)?;
         Ok(NullBdev {
-            info: BdevInfo {
-                name: name.to_string(),
-                kind: "null",
-                block_size,
-                num_blocks,
-                buf_align: 1,
-                uuid: uuid_from_name(name),
-                max_io_blocks: u32::MAX,
-                read_only: false,
-            },
+            info,
             sim: Arc::new(SimDevice::new(sim)),
             stats: Arc::default(),
         })
