@@ -9,6 +9,9 @@
 //!     --vm capped:4000:0:5000 --vm floor:300:12000 --secs 5
 //! ```
 //!
+//! `VMPATH_DEBUG_SCHED=1` also prints the scheduler's per-VM counters and each controller's
+//! queue counters (kicks, notification re-enables) after the run.
+//!
 //! The whole data path is real: virtqueues polled by a pinned reactor, requests through each
 //! VM's volume channel and the reactor's scheduler shard, onto a malloc device whose
 //! simulated capacity (`--device-iops`) makes the VMs contend.
@@ -299,6 +302,18 @@ fn main() -> Result<()> {
         String::new(),
     ]);
     print!("{}", t.render());
+    if std::env::var("VMPATH_DEBUG_SCHED").is_ok() {
+        for v in sched.vms() {
+            eprintln!(
+                "{}: dispatched {} held {} inflight {}",
+                v.spec.name, v.dispatched_ios, v.held, v.inflight
+            );
+        }
+        for (_, c) in &ctrls {
+            let i = c.info();
+            eprintln!("{}: {:?}", i.name, i.total);
+        }
+    }
     for (_, mut c) in ctrls {
         let _ = c.stop();
     }
