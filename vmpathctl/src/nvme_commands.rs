@@ -62,36 +62,15 @@ pub enum NvmeCommand {
     SetPolicy(PolicyArgs),
 }
 
-/// Timers shared by attach and set_options (SPDK names; `_ms` forms for sub-second values).
-#[derive(Debug, Args, Default)]
+/// Options of `bdev_nvme_set_options`: the attach timers plus the ones only set globally
+/// or per group (SPDK names; `_ms` forms for sub-second values).
+#[derive(Debug, Args)]
 pub struct TimerArgs {
-    /// Controller group to change (set_options only; default: change the defaults)
+    /// Controller group to change (default: change the defaults of later attaches)
     #[arg(short = 'b', long = "name")]
     pub name: Option<String>,
-    /// Give the controller up after this many seconds unreachable (-1 = never)
-    #[arg(short = 'l', long, allow_hyphen_values = true)]
-    pub ctrlr_loss_timeout_sec: Option<i64>,
-    /// Same in milliseconds
-    #[arg(long, allow_hyphen_values = true)]
-    pub ctrlr_loss_timeout_ms: Option<i64>,
-    /// Seconds between reconnect attempts
-    #[arg(short = 'o', long)]
-    pub reconnect_delay_sec: Option<u64>,
-    /// Same in milliseconds
-    #[arg(long)]
-    pub reconnect_delay_ms: Option<u64>,
-    /// Fail waiting I/O after the path has been down this many seconds (-1 = off)
-    #[arg(short = 'u', long, allow_hyphen_values = true)]
-    pub fast_io_fail_timeout_sec: Option<i64>,
-    /// Same in milliseconds
-    #[arg(long, allow_hyphen_values = true)]
-    pub fast_io_fail_timeout_ms: Option<i64>,
-    /// Keep Alive Timeout in milliseconds (0 = off)
-    #[arg(short = 'k', long)]
-    pub keep_alive_timeout_ms: Option<u32>,
-    /// Per-I/O timeout in microseconds (0 = none)
-    #[arg(long)]
-    pub timeout_us: Option<u64>,
+    #[command(flatten)]
+    pub timers: AttachTimers,
     /// Admin command timeout in milliseconds
     #[arg(long)]
     pub timeout_admin_ms: Option<u64>,
@@ -103,48 +82,26 @@ pub struct TimerArgs {
     pub io_queue_depth: Option<u16>,
 }
 
+fn put(m: &mut Map<String, Value>, k: &str, v: Option<Value>) {
+    if let Some(v) = v {
+        m.insert(k.into(), v);
+    }
+}
+
 impl TimerArgs {
     fn fill(&self, m: &mut Map<String, Value>) {
-        let mut put = |k: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                m.insert(k.into(), v);
-            }
-        };
+        self.timers.fill(m);
         put(
-            "ctrlr_loss_timeout_sec",
-            self.ctrlr_loss_timeout_sec.map(|v| json!(v)),
+            m,
+            "timeout_admin_ms",
+            self.timeout_admin_ms.map(|v| json!(v)),
         );
         put(
-            "ctrlr_loss_timeout_ms",
-            self.ctrlr_loss_timeout_ms.map(|v| json!(v)),
-        );
-        put(
-            "reconnect_delay_sec",
-            self.reconnect_delay_sec.map(|v| json!(v)),
-        );
-        put(
-            "reconnect_delay_ms",
-            self.reconnect_delay_ms.map(|v| json!(v)),
-        );
-        put(
-            "fast_io_fail_timeout_sec",
-            self.fast_io_fail_timeout_sec.map(|v| json!(v)),
-        );
-        put(
-            "fast_io_fail_timeout_ms",
-            self.fast_io_fail_timeout_ms.map(|v| json!(v)),
-        );
-        put(
-            "keep_alive_timeout_ms",
-            self.keep_alive_timeout_ms.map(|v| json!(v)),
-        );
-        put("timeout_us", self.timeout_us.map(|v| json!(v)));
-        put("timeout_admin_ms", self.timeout_admin_ms.map(|v| json!(v)));
-        put(
+            m,
             "write_fence_grace_ms",
             self.write_fence_grace_ms.map(|v| json!(v)),
         );
-        put("io_queue_depth", self.io_queue_depth.map(|v| json!(v)));
+        put(m, "io_queue_depth", self.io_queue_depth.map(|v| json!(v)));
     }
 }
 
@@ -179,7 +136,7 @@ pub struct AttachArgs {
     pub timers: AttachTimers,
 }
 
-/// Timers of an attach (the same as set_options without the group name).
+/// Timers of a controller, set at attach or by set_options.
 #[derive(Debug, Args)]
 pub struct AttachTimers {
     /// Give the controller up after this many seconds unreachable (-1 = never)
@@ -206,6 +163,37 @@ pub struct AttachTimers {
     /// Per-I/O timeout in microseconds (0 = none)
     #[arg(long)]
     pub timeout_us: Option<u64>,
+}
+
+impl AttachTimers {
+    fn fill(&self, m: &mut Map<String, Value>) {
+        let opt = |v: Option<i64>| v.map(|v| json!(v));
+        let optu = |v: Option<u64>| v.map(|v| json!(v));
+        put(
+            m,
+            "ctrlr_loss_timeout_sec",
+            opt(self.ctrlr_loss_timeout_sec),
+        );
+        put(m, "ctrlr_loss_timeout_ms", opt(self.ctrlr_loss_timeout_ms));
+        put(m, "reconnect_delay_sec", optu(self.reconnect_delay_sec));
+        put(m, "reconnect_delay_ms", optu(self.reconnect_delay_ms));
+        put(
+            m,
+            "fast_io_fail_timeout_sec",
+            opt(self.fast_io_fail_timeout_sec),
+        );
+        put(
+            m,
+            "fast_io_fail_timeout_ms",
+            opt(self.fast_io_fail_timeout_ms),
+        );
+        put(
+            m,
+            "keep_alive_timeout_ms",
+            self.keep_alive_timeout_ms.map(|v| json!(v)),
+        );
+        put(m, "timeout_us", optu(self.timeout_us));
+    }
 }
 
 /// Arguments of `bdev_nvme_detach_controller`.
@@ -259,20 +247,7 @@ impl NvmeCommand {
                 if let Some(x) = &a.multipath {
                     m.insert("multipath".into(), json!(x));
                 }
-                let t = &a.timers;
-                TimerArgs {
-                    name: None,
-                    ctrlr_loss_timeout_sec: t.ctrlr_loss_timeout_sec,
-                    ctrlr_loss_timeout_ms: t.ctrlr_loss_timeout_ms,
-                    reconnect_delay_sec: t.reconnect_delay_sec,
-                    reconnect_delay_ms: t.reconnect_delay_ms,
-                    fast_io_fail_timeout_sec: t.fast_io_fail_timeout_sec,
-                    fast_io_fail_timeout_ms: t.fast_io_fail_timeout_ms,
-                    keep_alive_timeout_ms: t.keep_alive_timeout_ms,
-                    timeout_us: t.timeout_us,
-                    ..TimerArgs::default()
-                }
-                .fill(&mut m);
+                a.timers.fill(&mut m);
                 ("bdev_nvme_attach_controller".into(), Some(Value::Object(m)))
             }
             NvmeCommand::Detach(a) => {
@@ -456,6 +431,40 @@ mod tests {
         assert_eq!(p["ctrlr_loss_timeout_sec"], -1);
         assert_eq!(p["reconnect_delay_ms"], 200);
         assert!(p.get("keep_alive_timeout_ms").is_none());
+    }
+
+    #[test]
+    fn set_options_request_carries_every_timer() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(subcommand)]
+            c: NvmeCommand,
+        }
+        let t = T::parse_from([
+            "x",
+            "bdev_nvme_set_options",
+            "-b",
+            "Nvme0",
+            "-l",
+            "-1",
+            "--reconnect-delay-ms",
+            "250",
+            "-k",
+            "2000",
+            "--timeout-admin-ms",
+            "900",
+            "--write-fence-grace-ms",
+            "300",
+        ]);
+        let (m, p) = t.c.request();
+        assert_eq!(m, "bdev_nvme_set_options");
+        assert_eq!(
+            p.unwrap(),
+            json!({"name": "Nvme0", "ctrlr_loss_timeout_sec": -1, "reconnect_delay_ms": 250,
+                   "keep_alive_timeout_ms": 2000, "timeout_admin_ms": 900,
+                   "write_fence_grace_ms": 300})
+        );
     }
 
     #[test]
