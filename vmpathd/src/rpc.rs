@@ -260,13 +260,21 @@ impl RpcHandler for Handler {
                 Ok(self.get_reactors())
             }
             "save_config" => self.save_config(params),
-            m if m.starts_with("bdev_nvme_") => crate::nvme_rpc::call(&self.state, m, params)
-                .unwrap_or_else(|| Err(RpcError::method_not_found(m))),
-            m if m.starts_with("nvmf_") => crate::nvmf_rpc::call(&self.state, m, params)
-                .unwrap_or_else(|| Err(RpcError::method_not_found(m))),
-            other => crate::vm_rpc::call(&self.state, other, params.clone())
-                .or_else(|| crate::vhost_rpc::call(&self.state, other, params))
-                .unwrap_or_else(|| Err(RpcError::method_not_found(other))),
+            // Every other method belongs to one module, found by its method list.
+            m => {
+                type Call = fn(&State, &str, Option<Value>) -> Option<Result<Value, RpcError>>;
+                let modules: [(&[&str], Call); 4] = [
+                    (crate::nvme_rpc::METHODS, crate::nvme_rpc::call),
+                    (crate::nvmf_rpc::METHODS, crate::nvmf_rpc::call),
+                    (crate::vm_rpc::METHODS, crate::vm_rpc::call),
+                    (crate::vhost_rpc::METHODS, crate::vhost_rpc::call),
+                ];
+                modules
+                    .iter()
+                    .find(|(methods, _)| methods.contains(&m))
+                    .and_then(|(_, call)| call(&self.state, m, params))
+                    .unwrap_or_else(|| Err(RpcError::method_not_found(m)))
+            }
         }
     }
 
