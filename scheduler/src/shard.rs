@@ -835,9 +835,21 @@ impl Shard {
             l.has_start = true;
         }
         self.vms[i].cont = false;
-        let start = self.vms[i].start;
         let base = self.vtime(class);
         let w = self.share[class * NT + t].get_or_insert_with(|| Box::new(Wheel::new(base)));
+        // The wheel is monotone: it has already served start tags up to its floor (a VM
+        // whose tag ran ahead, e.g. on reservation service, went while the others were
+        // momentarily empty). A head behind that floor restarts at it, and so does its
+        // finish tag: otherwise the wheel would clamp it on every insert and serve such
+        // heads in arrival order instead of share order until real time caught up.
+        let floor = w.floor();
+        let l = &mut self.vms[i];
+        if before(l.start, floor) {
+            let lag = floor.wrapping_sub(l.start);
+            self.s.vms[i].tags.p.fetch_add(lag, Relaxed);
+            l.start = floor;
+        }
+        let start = l.start;
         w.insert(&mut self.links, snode(i), start);
         self.share_len[class] += 1;
         self.pending_inc(t);
