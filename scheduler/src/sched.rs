@@ -278,6 +278,11 @@ pub struct Scheduler {
     pub(crate) vms: Box<[VmShared]>,
     pub(crate) paths: Box<[PathLoad]>,
     pub(crate) shards: Box<[ShardPublic]>,
+    /// Per target (path, or `ANY`): how many shards have requests waiting for it. A
+    /// shard's route-now check reads two of these instead of every other shard's mask
+    /// (the cost stays flat in the number of reactors); they change only when a shard's
+    /// backlog for a target appears or empties.
+    pub(crate) contenders: Box<[AtomicU32; NT]>,
     /// Bumped on every control-plane change; reactors re-read state when it moves.
     pub(crate) epoch: AtomicU64,
     pub(crate) opt_mask: AtomicU64,
@@ -332,6 +337,7 @@ impl Scheduler {
             vms,
             paths: (0..MAX_PATHS).map(|_| PathLoad::default()).collect(),
             shards,
+            contenders: Box::new(std::array::from_fn(|_| AtomicU32::new(0))),
             epoch: AtomicU64::new(1),
             opt_mask: AtomicU64::new(0),
             nonopt_mask: AtomicU64::new(0),

@@ -159,6 +159,13 @@ struct VmLocal {
     last_dispatch: u64,
     inflight: u32,
     nopath_since: Option<u64>,
+    /// Cached at each epoch change: suspended (admin or failover flag set).
+    suspended: bool,
+    /// Cached at each epoch change: the serving path of a vm-affinity VM.
+    serving: u32,
+    /// Cached at each epoch change: the path a vm-affinity VM routes to now (its serving
+    /// path when usable and allowed, and the VM not suspended), else `NONE8`.
+    fast_path: u8,
 }
 
 impl VmLocal {
@@ -184,6 +191,9 @@ impl VmLocal {
             last_dispatch: 0,
             inflight: 0,
             nopath_since: None,
+            suspended: false,
+            serving: NO_PATH,
+            fast_path: NONE8,
         }
     }
 }
@@ -257,6 +267,9 @@ pub struct Shard {
     /// This shard's per-VM counters (shared with the control plane).
     ctr: Arc<[crate::sched::VmCounters]>,
     epoch: u64,
+    /// Optimized / non-optimized path masks, cached at each epoch change.
+    opt: u64,
+    non: u64,
     d: Derived,
     vms: Vec<VmLocal>,
     links: Links,
@@ -291,6 +304,15 @@ pub struct Shard {
 
 impl Drop for Shard {
     fn drop(&mut self) {
+        if self.multi {
+            let mut m = self.pending_mask;
+            while m != 0 {
+                let t = m.trailing_zeros() as usize;
+                m &= m - 1;
+                self.s.contenders[t].fetch_sub(1, Relaxed);
+            }
+            self.s.shards[self.me].contended.0.store(0, Relaxed);
+        }
         self.s.release_shard(self.me);
     }
 }
@@ -305,6 +327,8 @@ impl Shard {
             ctr: Arc::clone(&s.shards[me].counters),
             d: s.derived,
             epoch: 0,
+            opt: 0,
+            non: 0,
             vms: (0..n).map(|_| VmLocal::new()).collect(),
             links: Links::new(3 * n),
             timers: Wheel::new(0),
@@ -433,6 +457,26 @@ impl Shard {
                 l.vw_path = NONE8;
             }
         }
+        // Path states, serving paths and suspensions change only with the epoch: the
+        // request path reads these copies instead of the shared atomics.
+        self.opt = self.s.opt_mask.load(Relaxed);
+        self.non = self.s.nonopt_mask.load(Relaxed);
+        let usable = self.opt | self.non;
+        for (l, sh) in self.vms.iter_mut().zip(self.s.vms.iter()) {
+            l.suspended = sh.tags.flags.load(Relaxed) != 0;
+            l.serving = sh.tags.serving.load(Relaxed);
+            let allowed = if l.p.affinity == 0 { !0 } else { l.p.affinity };
+            l.fast_path = match l.serving {
+                sv if sv < 64
+                    && l.p.sel == Sel::Affinity
+                    && !l.suspended
+                    && usable & allowed & bit(sv as usize) != 0 =>
+                {
+                    sv as u8
+                }
+                _ => NONE8,
+            };
+        }
         for i in 0..self.vms.len() {
             if self.vms[i].st != St::Idle {
                 self.unlink(i);
@@ -451,8 +495,8 @@ impl Shard {
     #[inline]
     fn tier(&self, affinity: u64) -> (u64, u64) {
         let allowed = if affinity == 0 { !0 } else { affinity };
-        let opt = self.s.opt_mask.load(Relaxed) & allowed;
-        let non = self.s.nonopt_mask.load(Relaxed) & allowed;
+        let opt = self.opt & allowed;
+        let non = self.non & allowed;
         (if opt != 0 { opt } else { non }, opt | non)
     }
 
@@ -592,7 +636,7 @@ impl Shard {
         }
         match sel {
             Sel::Affinity => {
-                let sv = self.s.vms[i].tags.serving.load(Relaxed);
+                let sv = self.vms[i].serving;
                 (sv != NO_PATH && usable & bit(sv as usize) != 0).then_some(sv as usize)
             }
             Sel::RoundRobin => Some(self.rr_select(i, tier)),
@@ -726,6 +770,9 @@ impl Shard {
         self.pending[t] += 1;
         if self.pending[t] == 1 {
             self.pending_mask |= bit(t);
+            if self.multi {
+                self.s.contenders[t].fetch_add(1, Relaxed);
+            }
             self.publish_mask();
         }
     }
@@ -736,6 +783,9 @@ impl Shard {
         self.pending[t] -= 1;
         if self.pending[t] == 0 {
             self.pending_mask &= !bit(t);
+            if self.multi {
+                self.s.contenders[t].fetch_sub(1, Relaxed);
+            }
             self.publish_mask();
         }
     }
@@ -793,7 +843,7 @@ impl Shard {
             self.vms[i].st = St::Idle;
             return;
         };
-        if self.s.vms[i].tags.flags.load(Relaxed) != 0 {
+        if self.vms[i].suspended {
             self.vms[i].st = St::Suspended;
             self.vms[i].cont = false;
             self.suspended.push_back(&mut self.links, snode(i), 0);
@@ -943,67 +993,60 @@ impl Shard {
     /// room, no backlog competing for that path here or on other shards, under its limit.
     #[inline]
     fn try_fast(&mut self, i: usize, bytes: u32, now: u64) -> Option<usize> {
-        let tags = &self.s.vms[i].tags;
-        if tags.flags.load(Relaxed) != 0 {
-            return None;
-        }
         let l = &self.vms[i];
-        let (sel, allowed, limited) = (
-            l.p.sel,
-            if l.p.affinity == 0 { !0 } else { l.p.affinity },
-            l.p.has_limit(),
-        );
-        let opt = self.s.opt_mask.load(Relaxed) & allowed;
-        let non = self.s.nonopt_mask.load(Relaxed) & allowed;
-        let tier = if opt != 0 { opt } else { non };
+        let (sel, limited) = (l.p.sel, l.p.has_limit());
         let path = match sel {
             Sel::Affinity => {
-                let sv = tags.serving.load(Relaxed);
-                if sv >= 64 || (opt | non) & bit(sv as usize) == 0 {
+                if l.fast_path == NONE8 {
                     return None;
                 }
-                sv as usize
+                usize::from(l.fast_path)
             }
+            _ if l.suspended => return None,
             Sel::RoundRobin => {
+                let (tier, _) = self.tier(l.p.affinity);
                 if tier == 0 {
                     return None;
                 }
                 self.rr_select(i, tier)
             }
-            Sel::Weighted => self.pick(i, tier, false)?,
-            _ => self.pick(i, tier, true)?,
+            Sel::Weighted => self.pick(i, self.tier(l.p.affinity).0, false)?,
+            _ => self.pick(i, self.tier(l.p.affinity).0, true)?,
         };
-        if !self.s.paths[path].has_room() {
+        let pl = &self.s.paths[path];
+        if !pl.has_room() {
             return None;
         }
         let compete = bit(path) | bit(ANY);
-        if self.pending_mask & compete != 0 || (self.multi && self.others_contended(compete)) {
+        if self.pending_mask & compete != 0 || (self.multi && self.others_contended(path)) {
             return None;
         }
         if limited && self.claim_limits(i, bytes, now).is_err() {
             return None;
         }
-        self.commit_dispatch(i, path, bytes, now);
+        pl.on_submit(bytes);
+        self.commit_vm(i, bytes, now);
         Some(path)
     }
 
+    /// Another shard has requests waiting for `path` or for any path. Valid when this
+    /// shard has none waiting for either (its own count is then not in the totals).
     #[inline(always)]
-    fn others_contended(&self, mask: u64) -> bool {
-        let shards = &*self.s.shards;
-        for &j in self.others.iter() {
-            if let Some(o) = shards.get(j) {
-                if o.contended.0.load(Relaxed) & mask != 0 {
-                    return true;
-                }
-            }
-        }
-        false
+    fn others_contended(&self, path: usize) -> bool {
+        let c = &self.s.contenders;
+        c[path & 63].load(Relaxed) | c[ANY].load(Relaxed) != 0
     }
 
     /// Accounting common to every routed request.
     #[inline(always)]
     fn commit_dispatch(&mut self, i: usize, path: usize, bytes: u32, now: u64) {
         self.s.paths[path].on_submit(bytes);
+        self.commit_vm(i, bytes, now);
+    }
+
+    /// The VM's side of [`Shard::commit_dispatch`].
+    #[inline(always)]
+    fn commit_vm(&mut self, i: usize, bytes: u32, now: u64) {
         let c = &self.ctr[i];
         let l = &mut self.vms[i];
         l.inflight += 1;
@@ -1063,10 +1106,7 @@ impl Shard {
         }
         let i = vm.index as usize;
         self.vms.get(i).is_some_and(|l| {
-            l.p.live
-                && l.p.gen == vm.gen
-                && (l.queue.len() as u32) < l.p.max_held
-                && self.s.vms[i].tags.flags.load(Relaxed) == 0
+            l.p.live && l.p.gen == vm.gen && (l.queue.len() as u32) < l.p.max_held && !l.suspended
         })
     }
 
@@ -1076,6 +1116,20 @@ impl Shard {
     /// Call once per reactor loop (it returns at once when nothing is held).
     pub fn poll(&mut self, now: u64, out: &mut Vec<Released>, max: usize) -> usize {
         self.last_now = self.last_now.max(now);
+        // Nothing held, nothing to hand back or to withdraw from publication, no
+        // control-plane change: the common case on a reactor whose VMs route at once.
+        if self.held == 0
+            && self.pub_targets == 0
+            && self.deferred.is_empty()
+            && self.s.epoch.load(Acquire) == self.epoch
+        {
+            return 0;
+        }
+        self.poll_held(now, out, max)
+    }
+
+    #[inline(never)]
+    fn poll_held(&mut self, now: u64, out: &mut Vec<Released>, max: usize) -> usize {
         self.sync(now);
         let first = out.len();
         let limit = first.saturating_add(max);
