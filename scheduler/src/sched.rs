@@ -197,7 +197,8 @@ pub(crate) struct VmCounters {
     pub dispatched_bytes: AtomicU64,
     pub failed: AtomicU64,
     pub held: AtomicU64,
-    pub inflight: AtomicU64,
+    /// Completions reported for it (in flight = dispatched − completed).
+    pub completed_ios: AtomicU64,
 }
 
 /// Single-writer increment (the owning shard is the only writer).
@@ -276,7 +277,9 @@ pub struct Scheduler {
     cfg: SchedulerConfig,
     pub(crate) derived: Derived,
     pub(crate) vms: Box<[VmShared]>,
-    pub(crate) paths: Box<[PathLoad]>,
+    /// Indexed by path id (< `MAX_PATHS`); one spare slot so that `p & 63` needs no
+    /// bounds check on the request path (the spare is never present).
+    pub(crate) paths: Box<[PathLoad; NT]>,
     pub(crate) shards: Box<[ShardPublic]>,
     /// Per target (path, or `ANY`): how many shards have requests waiting for it. A
     /// shard's route-now check reads two of these instead of every other shard's mask
@@ -335,7 +338,7 @@ impl Scheduler {
             events: ArrayQueue::new(cfg.event_queue_len as usize),
             derived,
             vms,
-            paths: (0..MAX_PATHS).map(|_| PathLoad::default()).collect(),
+            paths: Box::new(std::array::from_fn(|_| PathLoad::default())),
             shards,
             contenders: Box::new(std::array::from_fn(|_| AtomicU32::new(0))),
             epoch: AtomicU64::new(1),
@@ -757,7 +760,8 @@ impl Scheduler {
             t.1 += k.dispatched_bytes.load(Relaxed);
             t.2 += k.failed.load(Relaxed);
             t.3 += k.held.load(Relaxed);
-            t.4 += k.inflight.load(Relaxed);
+            let done = k.completed_ios.load(Relaxed);
+            t.4 += k.dispatched_ios.load(Relaxed).saturating_sub(done);
         }
         t
     }
@@ -782,7 +786,12 @@ impl Scheduler {
         self.vms[vm.index as usize].publish(&VmParams::DEAD);
         for s in self.shards.iter() {
             let k = &s.counters[vm.index as usize];
-            for a in [&k.dispatched_ios, &k.dispatched_bytes, &k.failed] {
+            for a in [
+                &k.dispatched_ios,
+                &k.dispatched_bytes,
+                &k.failed,
+                &k.completed_ios,
+            ] {
                 a.store(0, Relaxed);
             }
         }

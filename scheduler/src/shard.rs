@@ -157,7 +157,6 @@ struct VmLocal {
     vw_n: u32,
     vw_weight: u64,
     last_dispatch: u64,
-    inflight: u32,
     nopath_since: Option<u64>,
     /// Cached at each epoch change: suspended (admin or failover flag set).
     suspended: bool,
@@ -189,7 +188,6 @@ impl VmLocal {
             vw_n: 0,
             vw_weight: 0,
             last_dispatch: 0,
-            inflight: 0,
             nopath_since: None,
             suspended: false,
             serving: NO_PATH,
@@ -219,7 +217,8 @@ fn bit(p: usize) -> u64 {
 /// The tag may lag `now` by at most `catchup` request intervals (GCRA burst tolerance).
 #[inline]
 fn claim_checked(tag: &AtomicU64, inc: u64, now: u64, catchup: u64) -> Result<(), u64> {
-    let floor = now.saturating_sub(inc.saturating_mul(catchup));
+    // inc <= 2^40 ns and catchup <= 16 (validated): the product cannot overflow.
+    let floor = now.saturating_sub(inc.wrapping_mul(catchup));
     let mut old = tag.load(Relaxed);
     loop {
         if old > now {
@@ -447,7 +446,8 @@ impl Shard {
                 *l = VmLocal::new();
                 let c = &self.ctr[i];
                 c.held.store(0, Relaxed);
-                c.inflight.store(0, Relaxed);
+                c.completed_ios
+                    .store(c.dispatched_ios.load(Relaxed), Relaxed);
             }
             let l = &mut self.vms[i];
             l.version = v;
@@ -529,26 +529,12 @@ impl Shard {
             let p = tier.trailing_zeros() as usize;
             return (tier != 0 && (!need_room || self.s.paths[p].has_room())).then_some(p);
         }
+        if sel == Sel::LeastQueue {
+            return self.pick_lqd(tier, need_room);
+        }
         let rot = self.rot & 63;
         self.rot = self.rot.wrapping_add(1);
         let paths = &self.s.paths;
-        if sel == Sel::LeastQueue {
-            // The common case, kept tight: fewest outstanding among paths with room.
-            let mut m = tier.rotate_right(rot);
-            let mut best = i32::MAX;
-            let mut best_p = None;
-            while m != 0 {
-                let p = ((m.trailing_zeros() + rot) & 63) as usize;
-                m &= m - 1;
-                let Some(pl) = paths.get(p) else { continue };
-                let (out, max) = pl.load_pair();
-                if out < best && (!need_room || out < max) {
-                    best = out;
-                    best_p = Some(p);
-                }
-            }
-            return best_p;
-        }
         let score = |pl: &crate::path::PathLoad| -> u64 {
             match sel {
                 Sel::LeastBytes => pl.outstanding_bytes(),
@@ -576,6 +562,28 @@ impl Shard {
             let sc = score(pl);
             if sc < best {
                 best = sc;
+                best_p = Some(p);
+            }
+        }
+        best_p
+    }
+
+    /// least-queue-depth: the path of `tier` with the fewest outstanding requests (and
+    /// room, with `need_room`); ties go to the first after a rotating start.
+    #[inline(always)]
+    fn pick_lqd(&mut self, tier: u64, need_room: bool) -> Option<usize> {
+        let rot = self.rot & 63;
+        self.rot = self.rot.wrapping_add(1);
+        let paths = &self.s.paths;
+        let mut m = tier.rotate_right(rot);
+        let mut best = i32::MAX;
+        let mut best_p = None;
+        while m != 0 {
+            let p = ((m.trailing_zeros() + rot) & 63) as usize;
+            m &= m - 1;
+            let (out, max) = paths[p].load_pair();
+            if out < best && (!need_room || out < max) {
+                best = out;
                 best_p = Some(p);
             }
         }
@@ -655,23 +663,26 @@ impl Shard {
         let p = &self.vms[i].p;
         let tags = &self.s.vms[i].tags;
         let catchup = self.d.limit_catchup;
-        if p.lim_byte_fp != 0 {
+        let bw_inc = if p.lim_byte_fp != 0 {
             let t = tags.l_bw.load(Relaxed);
             if t > now {
                 return Err(t);
             }
-        }
+            byte_inc_up(bytes, p.lim_byte_fp)
+        } else {
+            0
+        };
         if p.lim_io_ns != 0 {
             claim_checked(&tags.l_io, p.lim_io_ns, now, catchup)?;
         }
-        if p.lim_byte_fp != 0 {
+        if bw_inc != 0 {
             // Checked above; a concurrent claim from another shard can slip one request in
-            // (documented cross-shard bound).
-            let inc = byte_inc_up(bytes, p.lim_byte_fp);
+            // (documented cross-shard bound). bw_inc is at most ~4.3e12 ns (4 GiB at the
+            // minimum 1 MB/s), so × catchup (<= 16) cannot overflow.
             advance(
                 &tags.l_bw,
-                inc,
-                now.saturating_sub(inc.saturating_mul(catchup)),
+                bw_inc,
+                now.saturating_sub(bw_inc.wrapping_mul(catchup)),
             );
         }
         Ok(())
@@ -753,6 +764,12 @@ impl Shard {
         let tag = &self.s.vms[i].tags.p;
         let mut old = tag.load(Relaxed);
         loop {
+            // A continuing head keeps its finish tag unless that fell behind virtual time
+            // by more than the cross-shard slack: virtual time moved past it while this VM
+            // had nothing queued (e.g. a VM whose tag ran ahead on reservation service was
+            // served alone for a moment). SFQ restarts it at virtual time; keeping the old
+            // tag would leave it below what the share wheel already served, where the
+            // wheel clamps every head and serves them in arrival order, not by shares.
             let start = if fresh { later(old, v) } else { old };
             match tag.compare_exchange_weak(old, start.wrapping_add(inc), Relaxed, Relaxed) {
                 // Within one increment of virtual time: share order would serve it next.
@@ -887,19 +904,7 @@ impl Shard {
         self.vms[i].cont = false;
         let base = self.vtime(class);
         let w = self.share[class * NT + t].get_or_insert_with(|| Box::new(Wheel::new(base)));
-        // The wheel is monotone: it has already served start tags up to its floor (a VM
-        // whose tag ran ahead, e.g. on reservation service, went while the others were
-        // momentarily empty). A head behind that floor restarts at it, and so does its
-        // finish tag: otherwise the wheel would clamp it on every insert and serve such
-        // heads in arrival order instead of share order until real time caught up.
-        let floor = w.floor();
-        let l = &mut self.vms[i];
-        if before(l.start, floor) {
-            let lag = floor.wrapping_sub(l.start);
-            self.s.vms[i].tags.p.fetch_add(lag, Relaxed);
-            l.start = floor;
-        }
-        let start = l.start;
+        let start = self.vms[i].start;
         w.insert(&mut self.links, snode(i), start);
         self.share_len[class] += 1;
         self.pending_inc(t);
@@ -1010,10 +1015,11 @@ impl Shard {
                 }
                 self.rr_select(i, tier)
             }
+            Sel::LeastQueue => self.pick_lqd(self.tier(l.p.affinity).0, true)?,
             Sel::Weighted => self.pick(i, self.tier(l.p.affinity).0, false)?,
             _ => self.pick(i, self.tier(l.p.affinity).0, true)?,
         };
-        let pl = &self.s.paths[path];
+        let pl = &self.s.paths[path & 63];
         if !pl.has_room() {
             return None;
         }
@@ -1049,8 +1055,6 @@ impl Shard {
     fn commit_vm(&mut self, i: usize, bytes: u32, now: u64) {
         let c = &self.ctr[i];
         let l = &mut self.vms[i];
-        l.inflight += 1;
-        c.inflight.store(l.inflight.into(), Relaxed);
         bump(&c.dispatched_ios, 1);
         bump(&c.dispatched_bytes, bytes.into());
         match l.p.sel {
@@ -1080,18 +1084,14 @@ impl Shard {
         bytes: u32,
         service_ns: u64,
     ) -> Result<(), ShardError> {
-        let pl = self
-            .s
-            .paths
-            .get(path.index())
-            .ok_or(ShardError::UnknownPath(path))?;
-        pl.on_complete(bytes, service_ns);
-        if let Some(l) = self.vms.get_mut(vm.index as usize) {
-            if l.p.gen == vm.gen && l.inflight > 0 {
-                l.inflight -= 1;
-                self.ctr[vm.index as usize]
-                    .inflight
-                    .store(l.inflight.into(), Relaxed);
+        if path.index() >= MAX_PATHS {
+            return Err(ShardError::UnknownPath(path));
+        }
+        self.s.paths[path.index() & 63].on_complete(bytes, service_ns);
+        let i = vm.index as usize;
+        if self.vms.get(i).is_some_and(|l| l.p.gen == vm.gen) {
+            if let Some(c) = self.ctr.get(i) {
+                bump(&c.completed_ios, 1);
             }
         }
         Ok(())
@@ -1368,9 +1368,14 @@ impl Shard {
         }
         let l = &mut self.vms[i];
         l.has_start = false;
-        l.cont = true;
         l.queue.pop_front();
         let n = l.queue.len();
+        // SFQ: the next head continues from this one's finish tag only if it is already
+        // queued. A request arriving after the queue emptied starts a new busy period at
+        // max(finish, virtual time): a VM that stopped while others were served cannot
+        // come back with old tags (the share wheel would clamp them to its floor and serve
+        // such VMs first, in arrival order, whatever their shares).
+        l.cont = n > 0;
         let vm = VmId {
             index: i as u32,
             gen: l.p.gen,
@@ -1442,9 +1447,9 @@ impl Shard {
     #[cold]
     fn sweep(&mut self, now: u64) {
         self.last_sweep = now;
-        for l in self.vms.iter_mut() {
+        for (l, c) in self.vms.iter_mut().zip(self.ctr.iter()) {
             if l.vw_path != NONE8
-                && l.inflight == 0
+                && c.dispatched_ios.load(Relaxed) == c.completed_ios.load(Relaxed)
                 && l.queue.is_empty()
                 && now.saturating_sub(l.last_dispatch) >= VW_IDLE_NS
             {

@@ -29,11 +29,12 @@ pub(crate) fn config(shards: usize, paths: &[u64]) -> SimConfig {
 }
 
 /// Checks every VM's rate over `[from, to)` against water-filling on `capacity`
-/// (`expected_shares`): a VM without a limit must be within `pct` percent (plus `quantum`
-/// requests over the window) of its share of what the reservations and the limited VMs
-/// (at their measured rates) leave; a limited VM below its limit within `pct` of its ideal
-/// share; a limited VM whose ideal allocation is its limit must get at least 98% of it
-/// (the window check proves it never gets more).
+/// (`expected_shares`). A VM whose ideal allocation is its limit must get at least 95% of
+/// it (the window check proves it never gets more). Every other VM (unlimited, or limited
+/// above its ideal share) must be within `pct` percent (plus `quantum` requests over the
+/// window) of its water-filled share of what the capped VMs, at their measured rates,
+/// leave: a capped VM that falls a little short of its limit hands that capacity to the
+/// others (work conservation), and they are judged on what they could actually share.
 pub(crate) fn check_shares(
     sim: &Sim,
     cfg: &SimConfig,
@@ -60,28 +61,17 @@ pub(crate) fn check_shares(
     let mut left = capacity;
     let mut rest = Vec::new();
     for (i, t) in triples.iter().enumerate() {
-        if t.2 == 0.0 {
+        if t.2 == 0.0 || ideal[i] < t.2 * 0.999 {
             rest.push(i);
             continue;
         }
         left -= got[i];
-        if ideal[i] >= t.2 * 0.999 {
-            let floor = 0.95;
-            assert!(
-                got[i] >= t.2 * floor,
-                "vm {i} capped at {} IOPS got only {:.0} (ideal {ideal:?}, got {got:?})",
-                t.2,
-                got[i]
-            );
-        } else {
-            let tol = ideal[i] * pct / 100.0 + quantum / secs;
-            assert!(
-                (got[i] - ideal[i]).abs() <= tol,
-                "limited vm {i} below its limit: got {:.0}, want {:.0} ± {tol:.0} (ideal {ideal:?}, got {got:?})",
-                got[i],
-                ideal[i]
-            );
-        }
+        assert!(
+            got[i] >= t.2 * 0.95,
+            "vm {i} capped at {} IOPS got only {:.0} (ideal {ideal:?}, got {got:?})",
+            t.2,
+            got[i]
+        );
     }
     let sub: Vec<(f64, f64, f64)> = rest.iter().map(|&i| triples[i]).collect();
     let want = expected_shares(left, &sub);
