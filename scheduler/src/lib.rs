@@ -52,9 +52,9 @@
 //! request is *reservation-due* when `R <= now`; only reservation-phase dispatches advance
 //! `R` (`R = max(R, now − catch-up) + cost/reservation`), so service received in the share
 //! phase does not consume the reservation (mClock's "credit"). The proportional phase is
-//! start-time fair queueing: a head that directly follows its predecessor gets start tag
-//! `P`, a head that starts a new busy period (after idling, a limit wait, a suspension)
-//! gets `max(V, P)`; either advances `P` by `cost × 2^30 / shares`, where cost =
+//! start-time fair queueing: a head that was already queued behind its predecessor gets
+//! start tag `P`, a head that starts a new busy period (its VM's queue on this reactor was
+//! empty, or it waited for a limit, a path or a suspension) gets `max(V, P)`; either advances `P` by `cost × 2^30 / shares`, where cost =
 //! `io_cost_bytes + bytes` in 512-byte units and `V` is virtual time (the start tag of the
 //! last share-phase dispatch, per class). A VM waking from idle starts at `V`: it cannot
 //! bank credit. P tags count service from both phases,
@@ -84,7 +84,11 @@
 //! tags are per-VM atomics claimed with CAS (one cache line per VM, touched only by
 //! reactors that carry that VM's I/O); path load is per-path atomics. Cross-core traffic
 //! per request is bounded: the VM's tag line (VMs with limits, or held requests), the
-//! path's counter line, and one read of each other shard's backlog mask. For shares
+//! path's counter line, and two per-target contender counts (how many shards have
+//! requests waiting for that path, or for any path — written only when a shard's backlog
+//! for a target appears or empties, so the check stays flat in the number of reactors).
+//! Path states, serving paths and suspensions are copied into each shard when the
+//! control-plane epoch moves, so the route-now check reads no other shared line. For shares
 //! across reactors each shard publishes, once per poll and per path, the best class and
 //! the smallest start tag it has waiting (and which VM it belongs to), plus per class its
 //! smallest start tag. A shard releases a share-phase request only if no other shard
@@ -113,10 +117,11 @@
 //!   default), so an idle VM banks at most that much reserved service.
 //!
 //! **Cost** (release build, 2 shards, `examples/sched_bench.rs`, callgrind instructions
-//! inside `enqueue` + `complete` + `poll` per request, flat from 1 to 1000 VMs): route-now
-//! with vm-affinity ≈ 214, with least-queue-depth over 2 paths ≈ 321, with a limit and a
-//! reservation ≈ 303; held and released in share order (paths full) ≈ 770–1290. Wall clock
-//! 34–45 ns route-now, 64–79 ns held.
+//! inside `enqueue` + `complete` + `poll` per request, identical at 1, 100 and 1000 VMs):
+//! route-now with vm-affinity 135, with least-queue-depth over 2 paths 213, with an IOPS
+//! and a bandwidth limit and a reservation 200; held and released in share order (paths
+//! full) 715–1280 (not growing with the number of VMs; 1 VM spread over both shards is
+//! the dearest). Wall clock 36–48 ns route-now, 70–105 ns held.
 //!
 //! **Failover.** Path state changes ([`Scheduler::set_path_state`]) recompute the usable
 //! path masks, each vm-affinity VM's serving path (home, or the usable path with most

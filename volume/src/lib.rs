@@ -47,10 +47,10 @@
 //!   reactor context, read without borrowing it (frontends call it for every channel, every
 //!   loop).
 //!
-//! Cost (`bash bench/volume_callgrind.sh`, null device, one reactor, QD 128): about 684, 755
-//! and 850 instructions per request at 1, 100 and 1000 VMs, of which the scheduler's enqueue
-//! and completion take about 180, the null device about 140 and the benchmark's own loop 45
-//! to 85.
+//! Cost (`bash bench/volume_callgrind.sh`, null device, one reactor, QD 128): about 634, 705
+//! and 800 instructions per request at 1, 100 and 1000 VMs, of which the scheduler's enqueue
+//! and completion take about 100, the null device about 140 and the benchmark's own loop 45
+//! to 85 (it and the per-channel polls are what grows with the number of VMs).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
