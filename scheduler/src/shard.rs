@@ -1347,6 +1347,17 @@ impl Shard {
         } else {
             usize::from(self.vms[i].target)
         };
+        // A share-phase head followed by more requests of a VM whose next head goes back
+        // to the same wheel at once (no limit or reservation to wait for, same target
+        // within this epoch) is requeued in place: its wheel node is re-inserted with
+        // the next start tag, and the shard's backlog accounting is left as it is.
+        let requeue = matches!(phase, Phase::Share(_)) && {
+            let l = &self.vms[i];
+            l.queue.len() > 1
+                && !l.p.has_limit()
+                && !l.p.has_reservation()
+                && (l.p.sel == Sel::Affinity || usize::from(l.target) == ANY)
+        };
         if let Phase::Share(_) = phase {
             // Extract (not just remove) so the wheel's cursor follows virtual time.
             let l = &self.vms[i];
@@ -1354,10 +1365,14 @@ impl Shard {
             if let Some(w) = self.share[w].as_mut() {
                 if w.peek(&self.links).map(|m| m.0) == Some(snode(i)) {
                     w.extract(&mut self.links, snode(i));
+                } else if requeue && self.links.is_linked(snode(i)) {
+                    w.remove(&mut self.links, snode(i));
                 }
             }
         }
-        self.unlink(i);
+        if !requeue {
+            self.unlink(i);
+        }
         match phase {
             Phase::Reservation => self.advance_resv(i, e.bytes, now),
             Phase::Share(key) => {
@@ -1390,9 +1405,28 @@ impl Shard {
             is_write: e.is_write,
             outcome: Outcome::Route(PathId(path as u16)),
         });
-        if n > 0 {
+        if requeue {
+            self.requeue_head(i);
+        } else if n > 0 {
             self.activate_head(i, now);
         }
+    }
+
+    /// Re-inserts VM `i`'s next head in the share wheel it just left (see
+    /// [`Shard::dispatch_head`]); its state stays `Eligible`.
+    fn requeue_head(&mut self, i: usize) {
+        let bytes = self.vms[i].queue.front().map_or(0, |e| e.bytes);
+        let s = self.claim_start(i, bytes);
+        let l = &mut self.vms[i];
+        l.start = s;
+        l.has_start = true;
+        l.cont = false;
+        let t = usize::from(l.target);
+        let w = usize::from(l.in_class) * NT + t;
+        if let Some(w) = self.share[w].as_mut() {
+            w.insert(&mut self.links, snode(i), s);
+        }
+        self.dirty |= bit(t);
     }
 
     fn on_timer(&mut self, n: NodeId, key: u64, now: u64) {
