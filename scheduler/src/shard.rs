@@ -245,6 +245,19 @@ fn advance(tag: &AtomicU64, inc: u64, floor: u64) {
     }
 }
 
+/// The paths of `mask`, starting at bit `rot` and wrapping around (rotating tie-breaks).
+#[inline(always)]
+fn rotated(mask: u64, rot: u32) -> impl Iterator<Item = usize> {
+    let mut m = mask.rotate_right(rot);
+    std::iter::from_fn(move || {
+        (m != 0).then(|| {
+            let p = ((m.trailing_zeros() + rot) & 63) as usize;
+            m &= m - 1;
+            p
+        })
+    })
+}
+
 #[inline]
 fn byte_inc_up(bytes: u32, fp: u64) -> u64 {
     (u64::from(bytes) * fp).div_ceil(1 << BYTE_FP_SHIFT)
@@ -549,12 +562,9 @@ impl Shard {
                 _ => u64::from(pl.outstanding_ios()),
             }
         };
-        let mut m = tier.rotate_right(rot);
         let mut best = u64::MAX;
         let mut best_p = None;
-        while m != 0 {
-            let p = ((m.trailing_zeros() + rot) & 63) as usize;
-            m &= m - 1;
+        for p in rotated(tier, rot) {
             let pl = &paths[p];
             if need_room && !pl.has_room() {
                 continue;
@@ -575,12 +585,9 @@ impl Shard {
         let rot = self.rot & 63;
         self.rot = self.rot.wrapping_add(1);
         let paths = &self.s.paths;
-        let mut m = tier.rotate_right(rot);
         let mut best = i32::MAX;
         let mut best_p = None;
-        while m != 0 {
-            let p = ((m.trailing_zeros() + rot) & 63) as usize;
-            m &= m - 1;
+        for p in rotated(tier, rot) {
             let (out, max) = paths[p].load_pair();
             if out < best && (!need_room || out < max) {
                 best = out;
