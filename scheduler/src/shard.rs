@@ -312,6 +312,9 @@ pub struct Shard {
     last_now: u64,
     last_sweep: u64,
     gated: bool,
+    /// What the other shards publish for the path being dispatched (class, VM, start
+    /// tag), read once per path and poll by `dispatch_path`.
+    gate: Vec<(u32, u32, u64)>,
 }
 
 impl Drop for Shard {
@@ -365,6 +368,7 @@ impl Shard {
             last_now: 0,
             last_sweep: 0,
             gated: false,
+            gate: Vec::with_capacity(2 * s.shards.len()),
             me,
             s,
         }
@@ -1217,6 +1221,9 @@ impl Shard {
         limit: usize,
     ) {
         let pl = &s.paths[p];
+        if self.multi {
+            self.read_gate(p, now);
+        }
         while out.len() < limit && pl.has_room() {
             // Reservation phase: the earliest due request.
             let rp = self.resv_due[p].front(&self.links);
@@ -1237,7 +1244,7 @@ impl Shard {
             let Some((c, n, key)) = self.share_front(p, any_ok) else {
                 break;
             };
-            if self.multi && self.gated_by_others(p, c, n as usize / 3, key, now) {
+            if self.multi && self.gated_by_others(c, n as usize / 3, key) {
                 self.gated = true;
                 return;
             }
@@ -1282,14 +1289,35 @@ impl Shard {
     /// Against its own head on another shard a VM gets `SELF_AHEAD` of its increments of
     /// extra slack: its requests there are no competitor, and without it a VM spread over
     /// reactors would alternate between them, one request per poll.
-    fn gated_by_others(&self, p: usize, class: usize, i: usize, key: u64, now: u64) -> bool {
+    fn gated_by_others(&self, class: usize, i: usize, key: u64) -> bool {
         let slack = self.d.slack_v;
-        let own_slack = {
+        let own_slack = || {
             let l = &self.vms[i];
             let bytes = l.queue.front().map_or(0, |e| e.bytes);
             let inc = (self.d.io_cost_bytes + u64::from(bytes)).div_ceil(512) * l.p.p_inv;
             slack.saturating_add(inc.saturating_mul(SELF_AHEAD))
         };
+        let class = class as u32 + 1;
+        for &(oc, vm, k) in &self.gate {
+            if oc < class {
+                return true;
+            }
+            if oc == class {
+                let s = if vm == i as u32 { own_slack() } else { slack };
+                if before(k.wrapping_add(s), key) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Snapshots, for path `p` (and `ANY`), what every other live shard that has requests
+    /// waiting for it publishes: its best class (0 = reservation-due), that head's VM and
+    /// start tag. The fairness gate compares against this snapshot for the rest of the
+    /// poll (the published state is itself at most one poll old).
+    fn read_gate(&mut self, p: usize, now: u64) {
+        self.gate.clear();
         for &j in self.others.iter() {
             let Some(o) = self.s.shards.get(j) else {
                 continue;
@@ -1302,25 +1330,12 @@ impl Shard {
             }
             for t in [p, ANY] {
                 let oc = o.pub_class[t].load(Relaxed);
-                if oc == PUB_NONE {
-                    continue;
-                }
-                if (oc as usize) < class + 1 {
-                    return true;
-                }
-                let s = if o.pub_vm[t].load(Relaxed) == i as u32 {
-                    own_slack
-                } else {
-                    slack
-                };
-                if oc as usize == class + 1
-                    && before(o.pub_key[t].load(Relaxed).wrapping_add(s), key)
-                {
-                    return true;
+                if oc != PUB_NONE {
+                    let vm = o.pub_vm[t].load(Relaxed);
+                    self.gate.push((oc, vm, o.pub_key[t].load(Relaxed)));
                 }
             }
         }
-        false
     }
 
     /// Releases VM `i`'s head on path `p` (or, for `ANY` heads, the selector's choice
