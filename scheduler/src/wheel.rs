@@ -76,6 +76,12 @@ pub(crate) fn later(a: u64, b: u64) -> u64 {
     }
 }
 
+/// Index of bucket (`level`, `slot`) in the flat bucket arrays.
+#[inline(always)]
+fn ix(level: usize, slot: usize) -> usize {
+    ((level << 6) | (slot & 63)) & 1023
+}
+
 /// Hierarchical bucket queue (radix heap); see the module docs.
 #[derive(Debug)]
 pub(crate) struct Wheel {
@@ -83,9 +89,11 @@ pub(crate) struct Wheel {
     /// Offset (from `base`) of the last extracted key; every queued key is >= it.
     cursor: u64,
     level_mask: u32,
-    bitmaps: [u64; LEVELS],
-    heads: [[u32; 64]; LEVELS],
-    tails: [[u32; 64]; LEVELS],
+    /// Per level, the non-empty buckets (16 entries so that `level & 15` needs no check).
+    bitmaps: [u64; 16],
+    /// Bucket lists, indexed by [`ix`] (1024 entries: `level * 64 + slot`, masked).
+    heads: [u32; 1024],
+    tails: [u32; 1024],
     len: u32,
     /// Cached minimum (node, key), valid until it is removed or a smaller key arrives.
     min: Option<(NodeId, u64)>,
@@ -97,9 +105,9 @@ impl Wheel {
             base: start,
             cursor: 0,
             level_mask: 0,
-            bitmaps: [0; LEVELS],
-            heads: [[NIL; 64]; LEVELS],
-            tails: [[NIL; 64]; LEVELS],
+            bitmaps: [0; 16],
+            heads: [NIL; 1024],
+            tails: [NIL; 1024],
             len: 0,
             min: None,
         }
@@ -130,19 +138,19 @@ impl Wheel {
             (63 - x.leading_zeros() as usize) / 6
         };
         let slot = ((off >> (6 * level)) & 63) as usize;
-        let tail = self.tails[level][slot];
+        let tail = self.tails[ix(level, slot)];
         let node = &mut links.nodes[n as usize];
         node.prev = tail;
         node.next = NIL;
         node.loc = (level * 64 + slot) as u16;
         if tail == NIL {
-            self.heads[level][slot] = n;
-            self.bitmaps[level] |= 1 << slot;
+            self.heads[ix(level, slot)] = n;
+            self.bitmaps[level & 15] |= 1 << slot;
             self.level_mask |= 1 << level;
         } else {
             links.nodes[tail as usize].next = n;
         }
-        self.tails[level][slot] = n;
+        self.tails[ix(level, slot)] = n;
     }
 
     /// Inserts `n` with `key`; a key below [`Wheel::floor`] is clamped to it. Returns the
@@ -155,10 +163,10 @@ impl Wheel {
         let off = key.wrapping_sub(self.base);
         self.place(links, n, off);
         self.len += 1;
-        if let Some((_, m)) = self.min {
-            if before(key, m) {
-                self.min = Some((n, key));
-            }
+        match self.min {
+            Some((_, m)) if before(key, m) => self.min = Some((n, key)),
+            None if self.len == 1 => self.min = Some((n, key)),
+            _ => {}
         }
         key
     }
@@ -168,18 +176,18 @@ impl Wheel {
         let level = node.loc as usize / 64;
         let slot = node.loc as usize % 64;
         if node.prev == NIL {
-            self.heads[level][slot] = node.next;
+            self.heads[ix(level, slot)] = node.next;
         } else {
             links.nodes[node.prev as usize].next = node.next;
         }
         if node.next == NIL {
-            self.tails[level][slot] = node.prev;
+            self.tails[ix(level, slot)] = node.prev;
         } else {
             links.nodes[node.next as usize].prev = node.prev;
         }
-        if self.heads[level][slot] == NIL {
-            self.bitmaps[level] &= !(1 << slot);
-            if self.bitmaps[level] == 0 {
+        if self.heads[ix(level, slot)] == NIL {
+            self.bitmaps[level & 15] &= !(1 << slot);
+            if self.bitmaps[level & 15] == 0 {
                 self.level_mask &= !(1 << level);
             }
         }
@@ -214,8 +222,8 @@ impl Wheel {
             return None;
         }
         let level = self.level_mask.trailing_zeros() as usize;
-        let slot = self.bitmaps[level].trailing_zeros() as usize;
-        let mut n = self.heads[level][slot];
+        let slot = self.bitmaps[level & 15].trailing_zeros() as usize;
+        let mut n = self.heads[ix(level, slot)];
         let mut best = (n, links.nodes[n as usize].key);
         if level > 0 {
             while n != NIL {
@@ -241,11 +249,11 @@ impl Wheel {
         self.cursor = key.wrapping_sub(self.base);
         if level > 0 {
             // The rest of that bucket now shares digit `level` with the cursor: move it down.
-            let mut m = self.heads[level][slot];
-            self.heads[level][slot] = NIL;
-            self.tails[level][slot] = NIL;
-            self.bitmaps[level] &= !(1 << slot);
-            if self.bitmaps[level] == 0 {
+            let mut m = self.heads[ix(level, slot)];
+            self.heads[ix(level, slot)] = NIL;
+            self.tails[ix(level, slot)] = NIL;
+            self.bitmaps[level & 15] &= !(1 << slot);
+            if self.bitmaps[level & 15] == 0 {
                 self.level_mask &= !(1 << level);
             }
             while m != NIL {
@@ -277,7 +285,7 @@ impl Wheel {
         if self.min.is_none() {
             // Cheap bound first: the start of the lowest non-empty bucket.
             let level = self.level_mask.trailing_zeros() as usize;
-            let slot = self.bitmaps[level].trailing_zeros() as u64;
+            let slot = self.bitmaps[level & 15].trailing_zeros() as u64;
             let shift = 6 * level;
             let high = if shift + 6 >= 64 {
                 0
@@ -307,15 +315,15 @@ impl Wheel {
         let mut all = Vec::with_capacity(self.len as usize);
         for level in 0..LEVELS {
             for slot in 0..64 {
-                let mut n = self.heads[level][slot];
+                let mut n = self.heads[ix(level, slot)];
                 while n != NIL {
                     all.push(n);
                     n = links.nodes[n as usize].next;
                 }
-                self.heads[level][slot] = NIL;
-                self.tails[level][slot] = NIL;
+                self.heads[ix(level, slot)] = NIL;
+                self.tails[ix(level, slot)] = NIL;
             }
-            self.bitmaps[level] = 0;
+            self.bitmaps[level & 15] = 0;
         }
         self.level_mask = 0;
         self.base = self.base.wrapping_add(self.cursor);
