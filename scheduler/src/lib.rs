@@ -120,9 +120,9 @@
 //! inside `enqueue` + `complete` + `poll` per request, identical at 1, 100 and 1000 VMs):
 //! route-now with vm-affinity 135, with least-queue-depth over 2 paths 213, with an IOPS
 //! and a bandwidth limit and a reservation 200. Held and released in share order (paths
-//! full): 985 with one VM spread over both shards, 699 with 100 VMs (about half of their
-//! requests still route at once), 1252 with 1000 VMs and 1000+ requests held per shard.
-//! Wall clock 33–45 ns route-now, 63–96 ns held. Atomic read-modify-writes count as one
+//! full): 907 with one VM spread over both shards, 667 with 100 VMs (about half of their
+//! requests still route at once), 1185 with 1000 VMs and 1000+ requests held per shard.
+//! Wall clock 35–44 ns route-now, 61–86 ns held. Atomic read-modify-writes count as one
 //! instruction each; what costs is arithmetic and bookkeeping, so the held path (hold
 //! queue, bucket queue insert and extract, backlog publication for the other shards) is
 //! where the remaining work is.
