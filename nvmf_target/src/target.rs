@@ -81,7 +81,9 @@ struct PortEntry {
 
 enum AcceptCmd {
     Add(SocketAddr, TcpListener),
-    Remove(SocketAddr),
+    /// Close the portal, then say so (the caller waits: a deleted portal is closed when the
+    /// management call returns).
+    Remove(SocketAddr, std::sync::mpsc::Sender<()>),
     Stop,
 }
 
@@ -261,7 +263,10 @@ fn acceptor_loop(shared: Arc<Shared>) {
         for c in cmds {
             match c {
                 AcceptCmd::Add(a, l) => listeners.push((a, l)),
-                AcceptCmd::Remove(a) => listeners.retain(|(x, _)| *x != a),
+                AcceptCmd::Remove(a, done) => {
+                    listeners.retain(|(x, _)| *x != a);
+                    let _ = done.send(());
+                }
                 AcceptCmd::Stop => return,
             }
         }
@@ -508,7 +513,14 @@ impl Target {
         if close {
             ports.remove(&sock);
             drop(ports);
-            self.shared.acceptor_cmd(AcceptCmd::Remove(sock));
+            let (done, closed) = std::sync::mpsc::channel();
+            self.shared.acceptor_cmd(AcceptCmd::Remove(sock, done));
+            // The acceptor closes the socket on its next turn (it wakes on the command).
+            // The wait is bounded in case the acceptor is gone (after shutdown the port
+            // table is empty, so this is not reached then).
+            if closed.recv_timeout(Duration::from_secs(2)).is_err() {
+                tracing::warn!(portal = %sock, "acceptor did not confirm closing the portal");
+            }
         }
     }
 
