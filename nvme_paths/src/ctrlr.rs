@@ -36,7 +36,9 @@ use crate::events::{EventHub, PathEventKind};
 use crate::options::{CtrlOptions, Trid};
 use crate::path::{Ana, Link, Path, PathState};
 use crate::qpair::{Cmd, DataBuf, Dir, Done, Outcome, QpairError, QpairParams};
-use crate::sock::{poll_any, resolve, TcpQpair, WakeFd};
+use vmpath_runtime::sys::EventFd;
+
+use crate::sock::{poll_any, resolve, TcpQpair};
 
 /// Admin queue depth.
 const ADMIN_DEPTH: u16 = 32;
@@ -378,7 +380,7 @@ pub struct Ctrl {
     reset_reason: Mutex<String>,
     ana_refresh: AtomicBool,
     stop: AtomicBool,
-    wake: WakeFd,
+    wake: EventFd,
     data: Mutex<CtrlData>,
     namespaces: Mutex<Vec<NsData>>,
     paths: Mutex<Vec<(String, Arc<Path>)>>,
@@ -399,7 +401,7 @@ impl Ctrl {
             ctrl: label.clone(),
             msg: format!("cannot resolve address: {e}"),
         })?;
-        let wake = WakeFd::new().map_err(|e| CtrlError::Unusable {
+        let wake = EventFd::new().map_err(|e| CtrlError::Unusable {
             ctrl: label,
             msg: format!("eventfd: {e}"),
         })?;
@@ -455,7 +457,7 @@ impl Ctrl {
     /// the next association).
     pub fn set_options(&self, o: CtrlOptions) {
         *self.opts.lock().expect("opts lock") = o;
-        self.wake.wake();
+        self.wake.signal();
     }
 
     /// Current state.
@@ -514,7 +516,7 @@ impl Ctrl {
             .push((bdev.to_string(), path));
         // Re-read ANA so the new path gets its state.
         self.ana_refresh.store(true, Ordering::Release);
-        self.wake.wake();
+        self.wake.signal();
     }
 
     pub(crate) fn paths(&self) -> Vec<(String, Arc<Path>)> {
@@ -527,19 +529,19 @@ impl Ctrl {
         if self.reset_gen.fetch_max(gen, Ordering::AcqRel) < gen {
             *self.reset_reason.lock().expect("reason lock") = reason.to_string();
         }
-        self.wake.wake();
+        self.wake.signal();
     }
 
     /// Asks the controller thread to re-read the ANA log (an I/O saw an ANA error status).
     pub fn request_ana_refresh(&self) {
         if !self.ana_refresh.swap(true, Ordering::AcqRel) {
-            self.wake.wake();
+            self.wake.signal();
         }
     }
 
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Release);
-        self.wake.wake();
+        self.wake.signal();
     }
 
     /// Starts connecting an I/O queue pair of the live association on a helper thread.

@@ -87,7 +87,7 @@
 //! their channels and never block. All times shared between threads use [`now_ns`] (the
 //! runtime's monotonic clock).
 
-#![allow(unsafe_code)] // Reason: I/O buffers are raw IoVecs lent by the caller; a few socket syscalls (linger, poll, epoll, eventfd).
+#![allow(unsafe_code)] // Reason: I/O buffers are raw IoVecs lent by the caller; one socket option (abortive close).
 
 pub mod ctrlr;
 pub mod events;

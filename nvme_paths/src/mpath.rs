@@ -22,7 +22,7 @@ use crate::options::PolicyKind;
 use crate::path::{Ana, Path, PathId, PathKind, PathSnapshot};
 use crate::policy::{self, Candidate, PathSelector};
 use crate::qpair::{Cmd, DataBuf, Dir, Done, Outcome};
-use crate::sock::EpollSet;
+use vmpath_runtime::sys::{Epoll, EV_READ};
 
 /// Requests a channel accepts at once.
 pub const CHANNEL_DEPTH: usize = 1024;
@@ -222,7 +222,7 @@ impl MultipathNs {
 
     /// Opens the concrete channel (with the path-selection hook) for the calling reactor.
     pub fn open_mp_channel(self: &Arc<Self>) -> Result<MultipathChannel, BdevError> {
-        let epoll = EpollSet::new().map_err(|source| BdevError::Os {
+        let epoll = Epoll::with_capacity(1).map_err(|source| BdevError::Os {
             what: "creating the channel's epoll set",
             source,
         })?;
@@ -405,7 +405,7 @@ pub struct MultipathChannel {
     held: VecDeque<u32>,
     in_doubt: Vec<u32>,
     done: VecDeque<PathCompletion>,
-    epoll: EpollSet,
+    epoll: Epoll,
     outstanding: usize,
     next_scan_ns: u64,
     stats: IoStats,
@@ -583,7 +583,7 @@ impl MultipathChannel {
         let lane = &mut self.lanes[i];
         if let LaneKind::Remote { conn, .. } = &mut lane.kind {
             if let LaneConn::Live(c) = conn {
-                self.epoll.del(c.qp_ref().fd());
+                let _ = self.epoll.del(c.qp_ref().fd());
                 assoc = Some(c.assoc().clone());
                 c.close(&mut |d| lost.push(d));
             }
@@ -636,7 +636,8 @@ impl MultipathChannel {
                             busy = true;
                             match r {
                                 Ok(c) if c.assoc().gen() == ctrl.gen() && *gen == ctrl.gen() => {
-                                    self.epoll.add(c.qp_ref().fd());
+                                    let fd = c.qp_ref().fd();
+                                    let _ = self.epoll.add(fd, EV_READ, fd as u64);
                                     *conn = LaneConn::Live(Box::new(c));
                                 }
                                 Ok(_) => {

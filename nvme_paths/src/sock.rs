@@ -1,11 +1,13 @@
-//! Sockets: a [`TcpQpair`] drives a [`QpairCore`] over a non-blocking TCP stream; plus the
-//! few raw syscalls the crate needs (abortive close, `poll`, an epoll set that lets a reactor
-//! sleep on all of a channel's sockets, an eventfd to wake a controller thread).
+//! Sockets: a [`TcpQpair`] drives a [`QpairCore`] over a non-blocking TCP stream; plus
+//! abortive close and `poll` helpers for the controller threads (the eventfd and epoll
+//! wrappers are `vmpath_runtime::sys`).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
+
+use vmpath_runtime::sys;
 
 use crate::qpair::{Cmd, Done, Phase, QpairCore, QpairError, QpairParams};
 
@@ -50,120 +52,21 @@ pub fn set_abortive_close(s: &TcpStream) {
     }
 }
 
+fn timeout_ms(timeout: Duration) -> i32 {
+    timeout.as_millis().min(i32::MAX as u128) as i32
+}
+
 /// Waits until `fd` is readable (or `timeout` passes). Returns true if readable.
 pub fn poll_readable(fd: RawFd, timeout: Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd.
-    let r = unsafe { libc::poll(&mut p, 1, ms) };
-    r > 0
+    let mut ready = Vec::with_capacity(1);
+    sys::poll_readable(&[fd], timeout_ms(timeout), &mut ready);
+    ready.first() == Some(&true)
 }
 
 /// Waits for any of `fds` to be readable, up to `timeout`.
 pub fn poll_any(fds: &[RawFd], timeout: Duration) {
-    let mut p: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: a valid array of pollfds of the given length.
-    unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
-}
-
-/// An eventfd used to wake a thread sleeping in [`poll_any`].
-#[derive(Debug)]
-pub struct WakeFd(OwnedFd);
-
-impl WakeFd {
-    /// A new non-blocking eventfd.
-    pub fn new() -> io::Result<WakeFd> {
-        // SAFETY: eventfd has no pointer arguments; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        Ok(WakeFd(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    /// Makes the fd readable.
-    pub fn wake(&self) {
-        let v: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-        unsafe {
-            libc::write(
-                self.0.as_raw_fd(),
-                &v as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
-    }
-
-    /// Consumes pending wake-ups.
-    pub fn drain(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
-        unsafe {
-            libc::read(
-                self.0.as_raw_fd(),
-                &mut v as *mut u64 as *mut libc::c_void,
-                8,
-            )
-        };
-    }
-
-    /// The descriptor.
-    pub fn raw(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
-
-/// An epoll set; its own descriptor is readable when any member is, so a reactor can sleep
-/// on every socket of a channel through one registered wake fd.
-#[derive(Debug)]
-pub struct EpollSet(OwnedFd);
-
-impl EpollSet {
-    /// A new, empty set.
-    pub fn new() -> io::Result<EpollSet> {
-        // SAFETY: no pointer arguments; the result is checked.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor we own.
-        Ok(EpollSet(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    /// Adds a descriptor (level-triggered readability).
-    pub fn add(&self, fd: RawFd) {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: fd as u64,
-        };
-        // SAFETY: valid epoll fd, valid target fd, pointer to a live epoll_event.
-        unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-    }
-
-    /// Removes a descriptor (before closing it).
-    pub fn del(&self, fd: RawFd) {
-        let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: as in add; EPOLL_CTL_DEL ignores the event on current kernels.
-        unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
-    }
-
-    /// The set's own descriptor.
-    pub fn raw(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
+    let mut ready = Vec::with_capacity(fds.len());
+    sys::poll_readable(fds, timeout_ms(timeout), &mut ready);
 }
 
 /// A queue pair on a non-blocking TCP socket.

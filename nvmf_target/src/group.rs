@@ -16,8 +16,8 @@ use vmpath_runtime::{PollStatus, PollerId, Reactor};
 
 use crate::chans::Channels;
 use crate::conn::{Conn, Env};
-use crate::sys::{Epoll, EV_IN, EV_IN_OUT};
 use crate::target::{ConnTicket, Shared};
+use vmpath_runtime::sys::{Epoll, EV_IN, EV_IN_OUT};
 
 /// Polls without data after which a connection is only read when epoll reports it.
 const HOT_POLLS: u32 = 256;

@@ -19,7 +19,7 @@ use crate::admission::{AdmissionFactory, PassThroughFactory};
 use crate::ctrlr::Controller;
 use crate::options::{OptionsError, TargetOptions};
 use crate::subsystem::{ListenAddr, NamespaceParams, Subsystem, SubsystemError, SubsystemParams};
-use crate::sys::{poll_readable, EventFd};
+use vmpath_runtime::sys::{poll_readable, EventFd};
 
 /// Errors of the target's management API.
 #[derive(Debug, thiserror::Error)]

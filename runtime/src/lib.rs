@@ -26,11 +26,11 @@
 //! set the process was started with (`taskset -c 0 vmpathd` runs one reactor on core 0); see
 //! [`topology`].
 
-#![allow(unsafe_code)] // Reason: eventfd/epoll syscalls for reactor sleep and wake-up (sys.rs only).
+#![allow(unsafe_code)] // Reason: eventfd/epoll/poll syscalls for sleep and wake-up (sys.rs only).
 
 mod reactor;
 mod runtime;
-mod sys;
+pub mod sys;
 pub mod topology;
 
 pub use reactor::{

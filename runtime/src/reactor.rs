@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::sys::{Epoll, EventFd};
+use crate::sys::{Epoll, EventFd, EV_READ};
 
 /// How many inbox messages one [`Reactor::poll`] runs at most (SPDK's `max_msgs`), so a flood of
 /// messages cannot starve the pollers.
@@ -311,8 +311,9 @@ impl Reactor {
     /// Creates a reactor with the given index, pinned core (informational) and inbox capacity.
     pub fn new(id: u32, core: Option<usize>, inbox_capacity: usize) -> io::Result<Reactor> {
         let eventfd = EventFd::new()?;
-        let epoll = Epoll::new()?;
-        epoll.add(eventfd.raw(), u64::MAX)?;
+        // The reactor only sleeps on it: a few events per wait are enough.
+        let epoll = Epoll::with_capacity(16)?;
+        epoll.add(eventfd.raw(), EV_READ, u64::MAX)?;
         let shared = Arc::new(Shared {
             id,
             core,
@@ -442,7 +443,7 @@ impl Reactor {
     /// a virtqueue kick eventfd, an io_uring eventfd). The caller keeps owning the fd and must
     /// unregister it before closing it.
     pub fn register_wake_fd(&mut self, fd: RawFd) -> io::Result<()> {
-        self.epoll.add(fd, fd as u64)?;
+        self.epoll.add(fd, EV_READ, fd as u64)?;
         self.wake_fds.push(fd);
         Ok(())
     }
@@ -609,7 +610,7 @@ impl Reactor {
         self.shared.state.store(STATE_SLEEPING, Ordering::Release);
         self.sleeps += 1;
         self.publish_stats();
-        self.epoll.wait(ms);
+        let _ = self.epoll.wait(ms);
         self.shared.sleeping.store(false, Ordering::SeqCst);
         self.shared.state.store(STATE_RUNNING, Ordering::Release);
         self.shared.eventfd.drain();

@@ -1,14 +1,18 @@
-//! Thin safe wrappers over the few syscalls a sleeping reactor needs: eventfd and epoll.
+//! Thin safe wrappers over the few syscalls that poll-mode threads need to sleep and wake:
+//! eventfd, epoll and `poll(2)`. The reactor uses them, and so do the crates whose threads
+//! or socket sets sleep (the NVMe/TCP target's acceptor and poll groups, the initiator's
+//! controller threads and multipath channels), so each wrapper exists once.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// A non-blocking eventfd used to wake a sleeping reactor.
+/// A non-blocking eventfd used to wake a sleeping thread or reactor.
 #[derive(Debug)]
-pub(crate) struct EventFd(OwnedFd);
+pub struct EventFd(OwnedFd);
 
 impl EventFd {
-    pub(crate) fn new() -> io::Result<Self> {
+    /// A new non-blocking, close-on-exec eventfd.
+    pub fn new() -> io::Result<Self> {
         // SAFETY: eventfd takes no pointers; the returned descriptor is checked before use.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -19,7 +23,7 @@ impl EventFd {
     }
 
     /// Adds one to the counter; the fd becomes readable.
-    pub(crate) fn signal(&self) {
+    pub fn signal(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live local u64 to an eventfd we own.
         let _ = unsafe {
@@ -32,7 +36,7 @@ impl EventFd {
     }
 
     /// Resets the counter (non-blocking; nothing to read is fine).
-    pub(crate) fn drain(&self) {
+    pub fn drain(&self) {
         let mut v: u64 = 0;
         // SAFETY: reads at most 8 bytes into a live local u64 from an eventfd we own.
         let _ = unsafe {
@@ -44,64 +48,129 @@ impl EventFd {
         };
     }
 
-    pub(crate) fn raw(&self) -> RawFd {
+    /// The descriptor (readable while the counter is non-zero).
+    pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
     }
 }
 
-/// An epoll instance (level-triggered readability only).
+/// Readiness interest: readable.
+pub const EV_READ: u32 = libc::EPOLLIN as u32;
+/// Readable, or the peer closed its side (sockets).
+pub const EV_IN: u32 = libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32;
+/// [`EV_IN`] or writable.
+pub const EV_IN_OUT: u32 = EV_IN | libc::EPOLLOUT as u32;
+
+/// A ready event from [`Epoll::wait`].
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    /// The token the descriptor was registered with.
+    pub token: u64,
+    /// The `EPOLL*` bits that are ready.
+    pub events: u32,
+}
+
+impl Ready {
+    /// The descriptor can take more output.
+    pub fn writable(&self) -> bool {
+        self.events & libc::EPOLLOUT as u32 != 0
+    }
+}
+
+/// An epoll set (level triggered). Its own descriptor is readable when a member is ready, so
+/// one set can be registered as a reactor wake fd for many sockets.
 #[derive(Debug)]
-pub(crate) struct Epoll(OwnedFd);
+pub struct Epoll {
+    fd: OwnedFd,
+    events: Vec<libc::epoll_event>,
+}
 
 impl Epoll {
-    pub(crate) fn new() -> io::Result<Self> {
+    /// A set whose [`wait`](Self::wait) reports up to 256 events at a time.
+    pub fn new() -> io::Result<Self> {
+        Self::with_capacity(256)
+    }
+
+    /// A set whose [`wait`](Self::wait) reports up to `events` (at least 1) at a time.
+    pub fn with_capacity(events: usize) -> io::Result<Self> {
         // SAFETY: no pointers; result checked.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: fresh descriptor owned by nobody else.
-        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(Epoll {
+            // SAFETY: fresh descriptor owned by nobody else.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; events.max(1)],
+        })
     }
 
-    pub(crate) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
-        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-        let rc = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    /// The set's own descriptor.
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call (ignored by
+        // EPOLL_CTL_DEL on current kernels).
+        let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
     }
 
-    pub(crate) fn del(&self, fd: RawFd) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: `ev` is valid for the call (ignored by EPOLL_CTL_DEL on modern kernels).
-        let rc = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+    /// Adds `fd` with interest `events` ([`EV_READ`], [`EV_IN`], ...) and `token`.
+    pub fn add(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, events, token)
     }
 
-    /// Waits until a registered fd is readable or `timeout_ms` passes (-1: forever).
-    /// Returns the number of ready descriptors (0 on timeout or signal).
-    pub(crate) fn wait(&self, timeout_ms: i32) -> usize {
-        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 16];
-        // SAFETY: `evs` is a live array of 16 epoll_events; the kernel writes at most 16.
+    /// Changes the interest of a member.
+    pub fn modify(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
+    }
+
+    /// Removes a member (before closing it).
+    pub fn del(&self, fd: RawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
+    /// Waits up to `timeout_ms` (0: just look, -1: forever) and returns the ready events
+    /// (none on timeout or signal).
+    pub fn wait(&mut self, timeout_ms: i32) -> impl Iterator<Item = Ready> + '_ {
+        // SAFETY: `events` is a live buffer of `len` epoll_events; the kernel writes at
+        // most that many.
         let n = unsafe {
             libc::epoll_wait(
-                self.0.as_raw_fd(),
-                evs.as_mut_ptr(),
-                evs.len() as i32,
+                self.fd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as i32,
                 timeout_ms,
             )
         };
-        n.max(0) as usize
+        self.events[..n.max(0) as usize].iter().map(|e| Ready {
+            token: e.u64,
+            events: e.events,
+        })
     }
+}
+
+/// `poll(2)` for readability of `fds` for up to `timeout_ms`; `out[i]` tells whether
+/// `fds[i]` is readable.
+pub fn poll_readable(fds: &[RawFd], timeout_ms: i32, out: &mut Vec<bool>) {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `p` is a live array of `p.len()` pollfd entries.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    out.clear();
+    out.extend(p.iter().map(|x| n > 0 && x.revents != 0));
 }
 
 /// The CPU set this process may run on (sched_getaffinity), in ascending order.
