@@ -258,6 +258,21 @@ fn rotated(mask: u64, rot: u32) -> impl Iterator<Item = usize> {
     })
 }
 
+/// Empties a VM's hold queue into failure records (deleted VM, fail-after, shutdown).
+fn failed_back(
+    queue: &mut VecDeque<Entry>,
+    vm: VmId,
+    reason: FailReason,
+) -> impl Iterator<Item = Released> + '_ {
+    queue.drain(..).map(move |e| Released {
+        vm,
+        token: e.token,
+        bytes: e.bytes,
+        is_write: e.is_write,
+        outcome: Outcome::Fail(reason),
+    })
+}
+
 #[inline]
 fn byte_inc_up(bytes: u32, fp: u64) -> u64 {
     (u64::from(bytes) * fp).div_ceil(1 << BYTE_FP_SHIFT)
@@ -447,15 +462,8 @@ impl Shard {
                     gen: old.gen,
                 };
                 let n = l.queue.len() as u64;
-                for e in l.queue.drain(..) {
-                    self.deferred.push_back(Released {
-                        vm,
-                        token: e.token,
-                        bytes: e.bytes,
-                        is_write: e.is_write,
-                        outcome: Outcome::Fail(FailReason::VmDeleted),
-                    });
-                }
+                self.deferred
+                    .extend(failed_back(&mut l.queue, vm, FailReason::VmDeleted));
                 self.held -= n;
                 if l.vw_path != NONE8 {
                     self.s.paths[usize::from(l.vw_path)].sub_active_weight(l.vw_weight);
@@ -1479,15 +1487,8 @@ impl Shard {
                         gen: l.p.gen,
                     };
                     let count = l.queue.len() as u64;
-                    for e in l.queue.drain(..) {
-                        self.deferred.push_back(Released {
-                            vm,
-                            token: e.token,
-                            bytes: e.bytes,
-                            is_write: e.is_write,
-                            outcome: Outcome::Fail(FailReason::NoPath),
-                        });
-                    }
+                    self.deferred
+                        .extend(failed_back(&mut l.queue, vm, FailReason::NoPath));
                     self.held -= count;
                     let c = &self.ctr[i];
                     c.held.store(0, Relaxed);
@@ -1644,15 +1645,7 @@ impl Shard {
                 index: i as u32,
                 gen: l.p.gen,
             };
-            for e in l.queue.drain(..) {
-                out.push(Released {
-                    vm,
-                    token: e.token,
-                    bytes: e.bytes,
-                    is_write: e.is_write,
-                    outcome: Outcome::Fail(FailReason::Drained),
-                });
-            }
+            out.extend(failed_back(&mut l.queue, vm, FailReason::Drained));
             self.ctr[i].held.store(0, Relaxed);
         }
         self.held = 0;
