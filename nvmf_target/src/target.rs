@@ -223,12 +223,12 @@ impl Shared {
 }
 
 impl Shared {
-    /// Target state without reactors or acceptor thread (fuzzing and unit tests).
-    pub(crate) fn standalone(opts: TargetOptions) -> Arc<Shared> {
-        Arc::new(Shared {
+    /// Fresh state: no subsystems, portals or connections.
+    fn build(opts: TargetOptions, reactors: Vec<ReactorHandle>) -> std::io::Result<Shared> {
+        Ok(Shared {
             id: NEXT_TARGET_ID.fetch_add(1, Ordering::Relaxed),
             opts,
-            reactors: Vec::new(),
+            reactors,
             rr: AtomicUsize::new(0),
             subsystems: Mutex::new(BTreeMap::new()),
             ports: Mutex::new(BTreeMap::new()),
@@ -242,8 +242,13 @@ impl Shared {
             stopping: AtomicBool::new(false),
             live: Arc::new(AtomicUsize::new(0)),
             cmds: Mutex::new(Vec::new()),
-            wake: EventFd::new().expect("eventfd"),
+            wake: EventFd::new()?,
         })
+    }
+
+    /// Target state without reactors or acceptor thread (fuzzing and unit tests).
+    pub(crate) fn standalone(opts: TargetOptions) -> Arc<Shared> {
+        Arc::new(Shared::build(opts, Vec::new()).expect("eventfd"))
     }
 
     /// Adds a subsystem directly (fuzzing and unit tests).
@@ -336,25 +341,7 @@ impl Target {
         if reactors.is_empty() {
             return Err(TargetError::NoReactors);
         }
-        let shared = Arc::new(Shared {
-            id: NEXT_TARGET_ID.fetch_add(1, Ordering::Relaxed),
-            opts,
-            reactors,
-            rr: AtomicUsize::new(0),
-            subsystems: Mutex::new(BTreeMap::new()),
-            ports: Mutex::new(BTreeMap::new()),
-            next_portid: AtomicUsize::new(1),
-            discovery: Mutex::new(Discovery {
-                ctrls: Vec::new(),
-                next_cntlid: 1,
-            }),
-            genctr: AtomicU64::new(0),
-            admission: RwLock::new(Arc::new(PassThroughFactory)),
-            stopping: AtomicBool::new(false),
-            live: Arc::new(AtomicUsize::new(0)),
-            cmds: Mutex::new(Vec::new()),
-            wake: EventFd::new().map_err(TargetError::Acceptor)?,
-        });
+        let shared = Arc::new(Shared::build(opts, reactors).map_err(TargetError::Acceptor)?);
         let sh = shared.clone();
         let acceptor = std::thread::Builder::new()
             .name("nvmf_acceptor".into())
