@@ -148,6 +148,14 @@ fn invalid(msg: &'static str) -> VuError {
     VuError::InvalidOperation(msg)
 }
 
+/// A copy of a vring fd for the reactor that runs the queue.
+fn dup_fd(f: &Option<File>) -> VuResult<Option<File>> {
+    f.as_ref()
+        .map(|f| f.try_clone())
+        .transpose()
+        .map_err(VuError::ReqHandlerError)
+}
+
 fn io_err(e: impl std::fmt::Display) -> VuError {
     VuError::ReqHandlerError(std::io::Error::other(e.to_string()))
 }
@@ -172,6 +180,24 @@ impl BlkBackend {
         self.vrings
             .get_mut(index as usize)
             .ok_or(VuError::InvalidParam)
+    }
+
+    /// Hands a copy of a vring's call or err fd to the reactor running the queue, if it
+    /// runs (a stopped queue picks the fd up when it starts).
+    fn forward_fd(
+        &mut self,
+        index: u8,
+        which: fn(&Vring) -> &Option<File>,
+        apply: fn(&mut Worker, Option<File>),
+    ) -> VuResult<()> {
+        let v = self.vring(index as u32)?;
+        if let Some(run) = v.running {
+            let dup = dup_fd(which(v))?;
+            let _ = self.ctx.reactors[run.reactor].send(move |r| {
+                Worker::with(r, run.key, |w, _| apply(w, dup));
+            });
+        }
+        Ok(())
     }
 
     fn protocol_features_acked(&self) -> bool {
@@ -211,15 +237,9 @@ impl BlkBackend {
         let desc_gpa = tr(v.desc_va, 16 * n, "descriptor table")?;
         let avail_gpa = tr(v.avail_va, 6 + 2 * n, "available ring")?;
         let used_gpa = tr(v.used_va, 6 + 8 * n, "used ring")?;
-        let dup = |f: &Option<File>| -> VuResult<Option<File>> {
-            f.as_ref()
-                .map(|f| f.try_clone())
-                .transpose()
-                .map_err(VuError::ReqHandlerError)
-        };
-        let kick = dup(&v.kick)?;
-        let call = dup(&v.call)?;
-        let err = dup(&v.err)?;
+        let kick = dup_fd(&v.kick)?;
+        let call = dup_fd(&v.call)?;
+        let err = dup_fd(&v.err)?;
         let inflight = match &self.inflight {
             Some(r) => match r.queue(i as u16, v.num) {
                 Ok(q) => Some(q),
@@ -510,37 +530,13 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        let v = self.vring(index as u32)?;
-        v.call = fd;
-        if let Some(run) = v.running {
-            let dup = v
-                .call
-                .as_ref()
-                .map(|f| f.try_clone())
-                .transpose()
-                .map_err(VuError::ReqHandlerError)?;
-            let _ = self.ctx.reactors[run.reactor].send(move |r| {
-                Worker::with(r, run.key, |w, _| w.set_call(dup));
-            });
-        }
-        Ok(())
+        self.vring(index as u32)?.call = fd;
+        self.forward_fd(index, |v| &v.call, Worker::set_call)
     }
 
     fn set_vring_err(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        let v = self.vring(index as u32)?;
-        v.err = fd;
-        if let Some(run) = v.running {
-            let dup = v
-                .err
-                .as_ref()
-                .map(|f| f.try_clone())
-                .transpose()
-                .map_err(VuError::ReqHandlerError)?;
-            let _ = self.ctx.reactors[run.reactor].send(move |r| {
-                Worker::with(r, run.key, |w, _| w.set_err(dup));
-            });
-        }
-        Ok(())
+        self.vring(index as u32)?.err = fd;
+        self.forward_fd(index, |v| &v.err, Worker::set_err)
     }
 
     fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
