@@ -606,6 +606,19 @@ impl UringChannel {
         }
     }
 
+    /// [`reap`](Self::reap), then submits what it re-queued; notes that the eventfd needs
+    /// draining once completions have been seen. Returns how many requests finished.
+    fn reap_and_resubmit(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize {
+        let (k, requeued) = self.reap(done);
+        if k > 0 {
+            self.needs_drain = true;
+        }
+        if requeued {
+            self.flush_sq();
+        }
+        k
+    }
+
     /// Reaps every completion queue entry now visible. Returns how many requests finished.
     fn reap(&mut self, done: &mut dyn FnMut(IoCompletion)) -> (usize, bool) {
         let (_, mut sq, mut cq) = self.ring.split();
@@ -736,28 +749,14 @@ impl IoChannel for UringChannel {
         }
         if self.st.inflight > 0 {
             self.flush_sq();
-            let (k, requeued) = self.reap(done);
-            n += k;
-            if k > 0 {
-                self.needs_drain = true;
-            }
-            if requeued {
-                self.flush_sq();
-            }
+            n += self.reap_and_resubmit(done);
         }
         if n == 0 && self.needs_drain {
             // Idle: consume the eventfd's count so the reactor can sleep on it, then look once
             // more so a completion posted just before the drain is not left unseen.
             self.needs_drain = false;
             self.drain_eventfd();
-            let (k, requeued) = self.reap(done);
-            n += k;
-            if k > 0 {
-                self.needs_drain = true;
-            }
-            if requeued {
-                self.flush_sq();
-            }
+            n += self.reap_and_resubmit(done);
         }
         if !self.st.local.is_zero() {
             self.st.stats.add(&self.st.local);
