@@ -35,6 +35,17 @@ pub struct IoInfo {
     pub bytes: u64,
 }
 
+impl IoInfo {
+    /// No I/O yet (a request slot that holds no I/O command).
+    pub const NONE: IoInfo = IoInfo {
+        nsid: 0,
+        op: IoType::Flush,
+        offset_blocks: 0,
+        num_blocks: 0,
+        bytes: 0,
+    };
+}
+
 /// Identifies the I/O queue a hook is created for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueInfo {

@@ -36,13 +36,7 @@ impl Plan {
             exact: false,
             requires_data: false,
             work: Work::None,
-            info: IoInfo {
-                nsid: 0,
-                op: IoType::Flush,
-                offset_blocks: 0,
-                num_blocks: 0,
-                bytes: 0,
-            },
+            info: IoInfo::NONE,
         }
     }
 
