@@ -14,3 +14,22 @@
 pub mod load;
 pub mod netns;
 pub mod target;
+
+/// Controller timers for failover runs (the fault test and the initiator benchmark):
+/// sub-second detection (300 ms I/O timeout), 1 s KATO, so an in-doubt write is fenced
+/// after KATO + 300 ms grace.
+pub fn fast_failover_opts() -> nvme_paths::CtrlOptions {
+    nvme_paths::CtrlOptions {
+        keep_alive_timeout_ms: 1000,
+        io_timeout_us: 300_000,
+        admin_timeout_ms: 600,
+        connect_timeout_ms: 300,
+        reconnect_delay_ms: 150,
+        ctrlr_loss_timeout_ms: -1,
+        fast_io_fail_timeout_ms: -1,
+        write_fence_grace_ms: 300,
+        io_queue_depth: 64,
+        hdgst: false,
+        ddgst: false,
+    }
+}

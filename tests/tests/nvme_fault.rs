@@ -12,30 +12,13 @@
 use std::time::{Duration, Instant};
 
 use nvme_paths::{
-    AttachParams, CtrlOptions, MultipathChannel, MultipathMode, NvmeHost, PathEventKind, PathId,
-    PathState, PolicyKind, Trid,
+    AttachParams, MultipathChannel, MultipathMode, NvmeHost, PathEventKind, PathId, PathState,
+    PolicyKind, Trid,
 };
 use nvme_spec::AnaState;
 use vmpath_tests::load::{percentile, VerifiedLoad};
 use vmpath_tests::netns::{self, Fabric};
 use vmpath_tests::target::{TestTarget, NQN};
-
-/// Timers of the test: sub-second detection, 1 s KATO (the write fence is KATO + grace).
-fn opts() -> CtrlOptions {
-    CtrlOptions {
-        keep_alive_timeout_ms: 1000,
-        io_timeout_us: 300_000,
-        admin_timeout_ms: 600,
-        connect_timeout_ms: 300,
-        reconnect_delay_ms: 150,
-        ctrlr_loss_timeout_ms: -1,
-        fast_io_fail_timeout_ms: -1,
-        write_fence_grace_ms: 300,
-        io_queue_depth: 64,
-        hdgst: false,
-        ddgst: false,
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Cut {
@@ -145,7 +128,8 @@ fn setup() -> Option<Rig> {
             trid: Trid::tcp(&l.target_addr, "4420", NQN),
             hostnqn: None,
             multipath: MultipathMode::Multipath,
-            opts: opts(),
+            // Sub-second detection, 1 s KATO (the write fence is KATO + grace).
+            opts: vmpath_tests::fast_failover_opts(),
         })
         .unwrap();
     }

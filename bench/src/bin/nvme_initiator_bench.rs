@@ -239,19 +239,7 @@ fn failover_mode(n: usize) -> Result<()> {
     )
     .map_err(|e| anyhow!("target: {e}"))?;
     fabric.host.enter().map_err(|e| anyhow!("{e}"))?;
-    let opts = CtrlOptions {
-        keep_alive_timeout_ms: 1000,
-        io_timeout_us: 300_000,
-        admin_timeout_ms: 600,
-        connect_timeout_ms: 300,
-        reconnect_delay_ms: 150,
-        ctrlr_loss_timeout_ms: -1,
-        fast_io_fail_timeout_ms: -1,
-        write_fence_grace_ms: 300,
-        io_queue_depth: 64,
-        hdgst: false,
-        ddgst: false,
-    };
+    let opts = vmpath_tests::fast_failover_opts();
     let host = NvmeHost::new(None);
     for l in &fabric.links {
         host.attach_controller(&AttachParams {
