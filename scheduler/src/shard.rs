@@ -783,12 +783,8 @@ impl Shard {
         let tag = &self.s.vms[i].tags.p;
         let mut old = tag.load(Relaxed);
         loop {
-            // A continuing head keeps its finish tag unless that fell behind virtual time
-            // by more than the cross-shard slack: virtual time moved past it while this VM
-            // had nothing queued (e.g. a VM whose tag ran ahead on reservation service was
-            // served alone for a moment). SFQ restarts it at virtual time; keeping the old
-            // tag would leave it below what the share wheel already served, where the
-            // wheel clamps every head and serves them in arrival order, not by shares.
+            // A continuing head (queued behind its predecessor, see `dispatch_head`) keeps
+            // the finish tag; a new busy period starts no earlier than virtual time.
             let start = if fresh { later(old, v) } else { old };
             match tag.compare_exchange_weak(old, start.wrapping_add(inc), Relaxed, Relaxed) {
                 // Within one increment of virtual time: share order would serve it next.
