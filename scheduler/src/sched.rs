@@ -265,8 +265,8 @@ pub(crate) struct Derived {
     /// Cross-shard slack in virtual-time units.
     pub slack_v: u64,
     pub resv_catchup_ns: u64,
-    /// Request intervals a limit tag may lag real time (0 = strict).
-    pub limit_catchup: u64,
+    /// How far a limit tag may lag real time, in ns (0 = strict).
+    pub limit_catchup_ns: u64,
 }
 
 /// The scheduler shared by all reactors. Create it with [`Scheduler::new`], hand each
@@ -328,7 +328,7 @@ impl Scheduler {
             io_cost_bytes: cfg.io_cost_bytes.into(),
             slack_v: unit * u64::from(cfg.cross_shard_slack),
             resv_catchup_ns: cfg.reservation_catchup_us * 1000,
-            limit_catchup: cfg.limit_catchup.into(),
+            limit_catchup_ns: u64::from(cfg.limit_catchup_us) * 1000,
         };
         let vms: Box<[VmShared]> = (0..n).map(|_| VmShared::default()).collect();
         for v in vms.iter() {

@@ -135,6 +135,27 @@ const SELF_AHEAD: u64 = 8;
 /// A shard whose published backlog is older than this is ignored by the fairness gate
 /// (a stalled reactor cannot idle the others for longer).
 const STALE_PUBLISH_NS: u64 = 1_000_000;
+/// How many of its own increments behind virtual time a VM's start tag may stay across a
+/// wait for its limit (see `Gap::Limit`).
+const LIMIT_LAG: u64 = 128;
+/// Keeps that lag far inside the half range that wrapping tag comparisons allow.
+const MAX_LAG: u64 = 1 << 60;
+
+/// What preceded a VM's head, which decides its start tag (`claim_start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gap {
+    /// Queued behind its predecessor, dispatched without a gap: SFQ keeps the finish tag.
+    Cont,
+    /// Queued behind its predecessor but held back by the VM's own limit: the VM stayed
+    /// backlogged, so it keeps the service it is owed, up to `LIMIT_LAG` of its
+    /// increments. (Starting at virtual time forfeited that debt at every wait: a VM whose
+    /// limit sits a few percent above its share lost 1-5% of it. Without a bound, a VM
+    /// whose limit is below its share would fall behind virtual time for ever.)
+    Limit,
+    /// A new busy period (queue was empty, or it waited for a path or a suspension):
+    /// starts no earlier than virtual time.
+    Fresh,
+}
 
 #[derive(Debug)]
 struct VmLocal {
@@ -146,8 +167,8 @@ struct VmLocal {
     in_class: u8,
     resv: Resv,
     has_start: bool,
-    /// The head follows a dispatch of the same VM without a gap (SFQ: no V catch-up).
-    cont: bool,
+    /// How the head's start tag relates to virtual time (see `claim_start`).
+    gap: Gap,
     start: u64,
     rr_path: u8,
     rr_advance: bool,
@@ -178,7 +199,7 @@ impl VmLocal {
             in_class: 0,
             resv: Resv::None,
             has_start: false,
-            cont: false,
+            gap: Gap::Fresh,
             start: 0,
             rr_path: 0,
             rr_advance: false,
@@ -214,11 +235,9 @@ fn bit(p: usize) -> u64 {
 }
 
 /// Claims one limit tag: fails with the eligible time if the tag is in the future.
-/// The tag may lag `now` by at most `catchup` request intervals (GCRA burst tolerance).
+/// The tag may lag `now` down to `floor` (`now − limit_catchup_us`, GCRA burst tolerance).
 #[inline]
-fn claim_checked(tag: &AtomicU64, inc: u64, now: u64, catchup: u64) -> Result<(), u64> {
-    // inc <= 2^40 ns and catchup <= 16 (validated): the product cannot overflow.
-    let floor = now.saturating_sub(inc.wrapping_mul(catchup));
+fn claim_checked(tag: &AtomicU64, inc: u64, floor: u64, now: u64) -> Result<(), u64> {
     let mut old = tag.load(Relaxed);
     loop {
         if old > now {
@@ -681,7 +700,7 @@ impl Shard {
     fn claim_limits(&self, i: usize, bytes: u32, now: u64) -> Result<(), u64> {
         let p = &self.vms[i].p;
         let tags = &self.s.vms[i].tags;
-        let catchup = self.d.limit_catchup;
+        let floor = now.saturating_sub(self.d.limit_catchup_ns);
         let bw_inc = if p.lim_byte_fp != 0 {
             let t = tags.l_bw.load(Relaxed);
             if t > now {
@@ -692,17 +711,12 @@ impl Shard {
             0
         };
         if p.lim_io_ns != 0 {
-            claim_checked(&tags.l_io, p.lim_io_ns, now, catchup)?;
+            claim_checked(&tags.l_io, p.lim_io_ns, floor, now)?;
         }
         if bw_inc != 0 {
             // Checked above; a concurrent claim from another shard can slip one request in
-            // (documented cross-shard bound). bw_inc is at most ~4.3e12 ns (4 GiB at the
-            // minimum 1 MB/s), so × catchup (<= 16) cannot overflow.
-            advance(
-                &tags.l_bw,
-                bw_inc,
-                now.saturating_sub(bw_inc.wrapping_mul(catchup)),
-            );
+            // (documented cross-shard bound).
+            advance(&tags.l_bw, bw_inc, floor);
         }
         Ok(())
     }
@@ -768,28 +782,71 @@ impl Shard {
     }
 
     /// Claims the head's proportional start tag and advances the VM's finish tag by
-    /// cost / shares. A head that starts a new busy period (after idling, a limit wait, a
-    /// suspension) starts no earlier than virtual time: an idle VM cannot bank credit.
-    /// A head that directly follows its predecessor keeps the finish tag (SFQ).
+    /// cost / shares. A head that directly follows its predecessor keeps the finish tag
+    /// (SFQ); one that waited for its VM's limit keeps it too, but no further than
+    /// `LIMIT_LAG` increments behind virtual time; one that starts a new busy period (after
+    /// idling, a path wait, a suspension) starts no earlier than virtual time: an idle VM
+    /// cannot bank credit.
     fn claim_start(&self, i: usize, bytes: u32) -> u64 {
         let l = &self.vms[i];
         let p = &l.p;
         let sectors = (self.d.io_cost_bytes + u64::from(bytes)).div_ceil(512);
         let inc = sectors * p.p_inv;
         let c = usize::from(p.class);
-        let v = self.vtime(c);
-        let fresh = !l.cont;
+        let floor = match l.gap {
+            Gap::Cont => None,
+            Gap::Limit => Some(self.limit_floor(c, inc)),
+            Gap::Fresh => Some(self.vtime(c)),
+        };
 
         let tag = &self.s.vms[i].tags.p;
         let mut old = tag.load(Relaxed);
         loop {
-            // A continuing head (queued behind its predecessor, see `dispatch_head`) keeps
-            // the finish tag; a new busy period starts no earlier than virtual time.
-            let start = if fresh { later(old, v) } else { old };
+            let start = floor.map_or(old, |f| later(old, f));
             match tag.compare_exchange_weak(old, start.wrapping_add(inc), Relaxed, Relaxed) {
-                // Within one increment of virtual time: share order would serve it next.
                 Ok(_) => return start,
                 Err(o) => old = o,
+            }
+        }
+    }
+
+    /// The lowest start a head of class `c` with increment `inc` may take after waiting
+    /// for its VM's limit.
+    fn limit_floor(&self, c: usize, inc: u64) -> u64 {
+        self.vtime(c)
+            .wrapping_sub(inc.saturating_mul(LIMIT_LAG).min(MAX_LAG))
+    }
+
+    /// VM `i`'s head waits for the VM's limit until `at`. A VM that was backlogged (its
+    /// head queued behind a dispatched predecessor, or already holding its start tag)
+    /// keeps what it is owed through the wait, within `LIMIT_LAG`.
+    fn limit_block(&mut self, i: usize, at: u64) {
+        let l = &mut self.vms[i];
+        if l.gap == Gap::Cont || l.has_start {
+            l.gap = Gap::Limit;
+        }
+        l.st = St::Limit;
+        self.timers.insert(&mut self.links, tnode(i), at);
+    }
+
+    /// A head whose start tag was claimed before it waited for its limit comes back no
+    /// further behind virtual time than `LIMIT_LAG` of its increments; the VM's finish
+    /// tag moves with it.
+    fn rebase_start(&mut self, i: usize, c: usize, bytes: u32) {
+        let inc = (self.d.io_cost_bytes + u64::from(bytes)).div_ceil(512) * self.vms[i].p.p_inv;
+        let f = self.limit_floor(c, inc);
+        let l = &mut self.vms[i];
+        if before(l.start, f) {
+            l.start = f;
+            // The finish tag is at least this head's: later heads follow it.
+            let fin = f.wrapping_add(inc);
+            let tag = &self.s.vms[i].tags.p;
+            let mut old = tag.load(Relaxed);
+            while before(old, fin) {
+                match tag.compare_exchange_weak(old, fin, Relaxed, Relaxed) {
+                    Ok(_) => break,
+                    Err(o) => old = o,
+                }
             }
         }
     }
@@ -877,7 +934,7 @@ impl Shard {
         };
         if self.vms[i].suspended {
             self.vms[i].st = St::Suspended;
-            self.vms[i].cont = false;
+            self.vms[i].gap = Gap::Fresh;
             self.suspended.push_back(&mut self.links, snode(i), 0);
             return;
         }
@@ -893,14 +950,12 @@ impl Shard {
         };
         if limited {
             if let Some(at) = self.limit_wait(i, now) {
-                self.vms[i].cont = false;
-                self.vms[i].st = St::Limit;
-                self.timers.insert(&mut self.links, tnode(i), at);
+                self.limit_block(i, at);
                 return;
             }
         }
         let Some(t) = self.target_for(i) else {
-            self.vms[i].cont = false;
+            self.vms[i].gap = Gap::Fresh;
             self.vms[i].st = St::PathWait;
             self.path_wait.push_back(&mut self.links, snode(i), 0);
             if fo == Fo::FailAfter {
@@ -915,8 +970,10 @@ impl Shard {
             let l = &mut self.vms[i];
             l.start = s;
             l.has_start = true;
+        } else if self.vms[i].gap == Gap::Limit {
+            self.rebase_start(i, class, head.bytes);
         }
-        self.vms[i].cont = false;
+        self.vms[i].gap = Gap::Fresh;
         let base = self.vtime(class);
         let w = self.share[class * NT + t].get_or_insert_with(|| Box::new(Wheel::new(base)));
         let start = self.vms[i].start;
@@ -1359,8 +1416,7 @@ impl Shard {
         if self.vms[i].p.has_limit() {
             if let Err(at) = self.claim_limits(i, e.bytes, now) {
                 self.unlink(i);
-                self.vms[i].st = St::Limit;
-                self.timers.insert(&mut self.links, tnode(i), at);
+                self.limit_block(i, at);
                 return;
             }
         }
@@ -1416,7 +1472,7 @@ impl Shard {
         // max(finish, virtual time): a VM that stopped while others were served cannot
         // come back with old tags (the share wheel would clamp them to its floor and serve
         // such VMs first, in arrival order, whatever their shares).
-        l.cont = n > 0;
+        l.gap = if n > 0 { Gap::Cont } else { Gap::Fresh };
         let vm = VmId {
             index: i as u32,
             gen: l.p.gen,
@@ -1446,7 +1502,7 @@ impl Shard {
         let l = &mut self.vms[i];
         l.start = s;
         l.has_start = true;
-        l.cont = false;
+        l.gap = Gap::Fresh;
         let t = usize::from(l.target);
         let w = usize::from(l.in_class) * NT + t;
         if let Some(w) = self.share[w].as_mut() {
@@ -1619,7 +1675,9 @@ impl Shard {
         let mut set = 0;
         for (c, v) in self.v_own.iter().enumerate() {
             if let Some(k) = v {
-                me.pub_vmin[c].store(*k, Relaxed);
+                // A head carrying limit debt (`Gap::Limit`) may start behind this shard's
+                // virtual time; it must not pull the others' virtual time back with it.
+                me.pub_vmin[c].store(later(*k, self.v_local[c]), Relaxed);
                 set |= 1 << c;
             }
         }

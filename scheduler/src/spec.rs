@@ -559,7 +559,7 @@ fn d_catchup() -> u64 {
     1000
 }
 fn d_limit_catchup() -> u32 {
-    2
+    100
 }
 fn d_window() -> u64 {
     10_000
@@ -595,12 +595,13 @@ pub struct SchedulerConfig {
     /// in microseconds; 0..=1000000.
     #[serde(default = "d_catchup")]
     pub reservation_catchup_us: u64,
-    /// Limit burst tolerance, in request intervals (0..=16): how far a limit tag may lag
-    /// real time, so that a VM whose turn comes while its path is full does not lose the
-    /// wait. A VM dispatches at most `limit × W` plus `1 + limit_catchup` requests in any
-    /// window `W`. 0 = strict (`limit × W` + one request, but waits are lost). Default 2.
+    /// Limit burst tolerance, in microseconds (0..=10000): how far a limit tag may lag
+    /// real time, so that a VM kept waiting (its path full, other VMs ahead of it) does
+    /// not lose the wait. A VM dispatches at most `limit × (W + limit_catchup_us)` plus one
+    /// request in any window `W`: with the default 100 µs, 1% of the limit plus one
+    /// request over 10 ms. 0 = strict (`limit × W` + one request, but waits are lost).
     #[serde(default = "d_limit_catchup")]
-    pub limit_catchup: u32,
+    pub limit_catchup_us: u32,
     /// How long a reservation must stay unmet before `vm_migrate_recommended`, in ms.
     #[serde(default = "d_window")]
     pub migrate_window_ms: u64,
@@ -624,7 +625,7 @@ impl Default for SchedulerConfig {
             io_cost_bytes: d_io_cost(),
             cross_shard_slack: d_slack(),
             reservation_catchup_us: d_catchup(),
-            limit_catchup: d_limit_catchup(),
+            limit_catchup_us: d_limit_catchup(),
             migrate_window_ms: d_window(),
             migrate_tolerance_pct: d_tolerance(),
             admission_pct: d_headroom(),
@@ -660,7 +661,13 @@ impl SchedulerConfig {
                 1_000_000,
                 "0..=1000000",
             ),
-            ("limit_catchup", self.limit_catchup.into(), 0, 16, "0..=16"),
+            (
+                "limit_catchup_us",
+                self.limit_catchup_us.into(),
+                0,
+                10_000,
+                "0..=10000",
+            ),
             (
                 "migrate_window_ms",
                 self.migrate_window_ms,
