@@ -265,7 +265,9 @@ pub(crate) struct Derived {
     /// Cross-shard slack in virtual-time units.
     pub slack_v: u64,
     pub resv_catchup_ns: u64,
-    /// How far a limit tag may lag real time, in ns (0 = strict).
+    /// How far a limit tag may lag real time: the larger of this many request intervals
+    /// and `limit_catchup_ns` (both 0 = strict).
+    pub limit_catchup: u64,
     pub limit_catchup_ns: u64,
 }
 
@@ -328,6 +330,7 @@ impl Scheduler {
             io_cost_bytes: cfg.io_cost_bytes.into(),
             slack_v: unit * u64::from(cfg.cross_shard_slack),
             resv_catchup_ns: cfg.reservation_catchup_us * 1000,
+            limit_catchup: cfg.limit_catchup.into(),
             limit_catchup_ns: u64::from(cfg.limit_catchup_us) * 1000,
         };
         let vms: Box<[VmShared]> = (0..n).map(|_| VmShared::default()).collect();

@@ -235,7 +235,7 @@ fn bit(p: usize) -> u64 {
 }
 
 /// Claims one limit tag: fails with the eligible time if the tag is in the future.
-/// The tag may lag `now` down to `floor` (`now − limit_catchup_us`, GCRA burst tolerance).
+/// The tag may lag `now` down to `floor` (GCRA burst tolerance, see `catchup_floor`).
 #[inline]
 fn claim_checked(tag: &AtomicU64, inc: u64, floor: u64, now: u64) -> Result<(), u64> {
     let mut old = tag.load(Relaxed);
@@ -700,7 +700,10 @@ impl Shard {
     fn claim_limits(&self, i: usize, bytes: u32, now: u64) -> Result<(), u64> {
         let p = &self.vms[i].p;
         let tags = &self.s.vms[i].tags;
-        let floor = now.saturating_sub(self.d.limit_catchup_ns);
+        let (k, t) = (self.d.limit_catchup, self.d.limit_catchup_ns);
+        // How far a tag of increment `inc` may lag: the larger of k increments and t.
+        // inc <= 2^42 ns (a 4 GiB request at 1 MB/s) and k <= 16: no overflow.
+        let floor = |inc: u64| now.saturating_sub(inc.wrapping_mul(k).max(t));
         let bw_inc = if p.lim_byte_fp != 0 {
             let t = tags.l_bw.load(Relaxed);
             if t > now {
@@ -711,12 +714,12 @@ impl Shard {
             0
         };
         if p.lim_io_ns != 0 {
-            claim_checked(&tags.l_io, p.lim_io_ns, floor, now)?;
+            claim_checked(&tags.l_io, p.lim_io_ns, floor(p.lim_io_ns), now)?;
         }
         if bw_inc != 0 {
             // Checked above; a concurrent claim from another shard can slip one request in
             // (documented cross-shard bound).
-            advance(&tags.l_bw, bw_inc, floor);
+            advance(&tags.l_bw, bw_inc, floor(bw_inc));
         }
         Ok(())
     }

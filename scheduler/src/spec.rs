@@ -559,6 +559,9 @@ fn d_catchup() -> u64 {
     1000
 }
 fn d_limit_catchup() -> u32 {
+    2
+}
+fn d_limit_catchup_us() -> u32 {
     100
 }
 fn d_window() -> u64 {
@@ -595,12 +598,19 @@ pub struct SchedulerConfig {
     /// in microseconds; 0..=1000000.
     #[serde(default = "d_catchup")]
     pub reservation_catchup_us: u64,
-    /// Limit burst tolerance, in microseconds (0..=10000): how far a limit tag may lag
-    /// real time, so that a VM kept waiting (its path full, other VMs ahead of it) does
-    /// not lose the wait. A VM dispatches at most `limit × (W + limit_catchup_us)` plus one
-    /// request in any window `W`: with the default 100 µs, 1% of the limit plus one
-    /// request over 10 ms. 0 = strict (`limit × W` + one request, but waits are lost).
+    /// Limit burst tolerance, in request intervals (0..=16), and
+    /// [`limit_catchup_us`](Self::limit_catchup_us) in time: a limit tag may lag real time
+    /// by the larger of the two, so that a VM kept waiting (its path full, other VMs ahead
+    /// of it, its reactor descheduled) does not lose the wait. A VM dispatches at most
+    /// `limit × W` plus `1 + max(limit_catchup, limit × limit_catchup_us)` requests in any
+    /// window `W`. Both 0 = strict (`limit × W` + one request, but waits are lost).
+    /// Default 2.
     #[serde(default = "d_limit_catchup")]
+    pub limit_catchup: u32,
+    /// Limit burst tolerance in microseconds (0..=10000), see
+    /// [`limit_catchup`](Self::limit_catchup). Default 100: with a high limit, two
+    /// intervals are a few microseconds, less than a VM may wait behind others.
+    #[serde(default = "d_limit_catchup_us")]
     pub limit_catchup_us: u32,
     /// How long a reservation must stay unmet before `vm_migrate_recommended`, in ms.
     #[serde(default = "d_window")]
@@ -625,7 +635,8 @@ impl Default for SchedulerConfig {
             io_cost_bytes: d_io_cost(),
             cross_shard_slack: d_slack(),
             reservation_catchup_us: d_catchup(),
-            limit_catchup_us: d_limit_catchup(),
+            limit_catchup: d_limit_catchup(),
+            limit_catchup_us: d_limit_catchup_us(),
             migrate_window_ms: d_window(),
             migrate_tolerance_pct: d_tolerance(),
             admission_pct: d_headroom(),
@@ -637,7 +648,7 @@ impl Default for SchedulerConfig {
 impl SchedulerConfig {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), SpecError> {
-        let checks: [(&'static str, u64, u64, u64, &'static str); 10] = [
+        let checks: [(&'static str, u64, u64, u64, &'static str); 11] = [
             ("shards", self.shards as u64, 1, MAX_SHARDS as u64, "1..=64"),
             ("max_vms", self.max_vms.into(), 1, 65_536, "1..=65536"),
             (
@@ -661,6 +672,7 @@ impl SchedulerConfig {
                 1_000_000,
                 "0..=1000000",
             ),
+            ("limit_catchup", self.limit_catchup.into(), 0, 16, "0..=16"),
             (
                 "limit_catchup_us",
                 self.limit_catchup_us.into(),

@@ -1,6 +1,6 @@
 //! Property tests on the simulated clock (issue 5, "Tests"), on one and two reactors:
 //! limits never exceeded over any window W ≥ 10 ms beyond the configured burst (one request
-//! in strict mode, `limit × limit_catchup_us` plus one request otherwise); under saturation every
+//! in strict mode, `max(limit_catchup, limit × limit_catchup_us)` more otherwise); under saturation every
 //! backlogged VM within ±2% of its water-filled share of what reservations and limits
 //! leave; feasible reservations met; work conservation; per-VM FIFO; no request lost.
 
@@ -126,6 +126,7 @@ proptest! {
     ) {
         let mut cfg = config(shards, &[PATH_IOPS, PATH_IOPS]);
         if strict {
+            cfg.sched.limit_catchup = 0;
             cfg.sched.limit_catchup_us = 0;
         }
         let mut s = spec("lim", 1000, None, Some(limit));

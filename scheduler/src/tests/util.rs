@@ -87,15 +87,16 @@ pub(crate) fn check_shares(
     }
 }
 
-/// Limits: at most limit × (W + `limit_catchup_us`) + 1 request in any window W of 10 ms
-/// or more (strict mode, catch-up 0: limit × W + 1).
+/// Limits: at most limit × W + 1 + max(`limit_catchup`, limit × `limit_catchup_us`)
+/// requests in any window W of 10 ms or more (strict mode, both 0: limit × W + 1).
 pub(crate) fn check_limits(sim: &Sim, cfg: &SimConfig) {
     let catchup_ns = u64::from(cfg.sched.limit_catchup_us) * 1000;
+    let k = u64::from(cfg.sched.limit_catchup);
     for (i, v) in cfg.vms.iter().enumerate() {
         let Some(l) = v.spec.limit.iops else { continue };
         for w in [10 * MS, 20 * MS, 50 * MS] {
             let max = sim.max_in_window(i, w) as u64;
-            let bound = l * (w + catchup_ns) / 1_000_000_000 + 1;
+            let bound = l * w / 1_000_000_000 + 1 + k.max(l * catchup_ns / 1_000_000_000 + 1);
             assert!(
                 max <= bound,
                 "vm {i}: {max} dispatches in {w} ns, limit {l} IOPS allows {bound}"
