@@ -4,6 +4,14 @@
 
 mod common;
 
+/// The tests of this file measure rates and shares: they run one at a time, so that two
+/// daemons never compete for the same cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 use std::time::{Duration, Instant};
 
 use common::{blk_driver, first_core, pattern, Vmpathd};
@@ -90,6 +98,7 @@ fn one(
 
 #[test]
 fn guests_write_and_read_back_through_their_volumes() {
+    let _serial = serial();
     let d = start(&config(1_000_000));
     let mut g1 = blk_driver(&d.path("vm1.sock"), 2);
     let mut g2 = blk_driver(&d.path("vm2.sock"), 2);
@@ -170,6 +179,7 @@ fn load(d: &mut BlkDriver, qd: usize, until: Instant) -> (u64, u64) {
 
 #[test]
 fn two_guests_share_a_device_by_their_shares() {
+    let _serial = serial();
     let d = start(&config(10_000));
     let s1 = d.path("vm1.sock");
     let s2 = d.path("vm2.sock");
@@ -196,6 +206,7 @@ fn two_guests_share_a_device_by_their_shares() {
 
 #[test]
 fn suspend_holds_a_guest_without_errors_and_resume_completes_its_io() {
+    let _serial = serial();
     let d = start(&config(1_000_000));
     let mut g = blk_driver(&d.path("vm1.sock"), 1);
     let data = pattern(7, 4096);
