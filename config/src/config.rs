@@ -60,6 +60,9 @@ pub struct Config {
     /// The VMs' virtual disks: `[[volume]]` tables.
     #[serde(rename = "volume", default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<crate::vm::VolumeConfig>,
+    /// Remote hosts scheduled as VMs: `[[host]]` tables.
+    #[serde(rename = "host", default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<crate::vm::HostBinding>,
     /// vhost-user settings: `[vhost]`.
     #[serde(default, skip_serializing_if = "crate::vhost::VhostConfig::is_default")]
     pub vhost: crate::vhost::VhostConfig,
@@ -264,6 +267,7 @@ impl Config {
                     num_blocks: Some(8192),
                 },
             ],
+            hosts: Vec::new(),
             vhost: Default::default(),
             vhost_blks: vec![
                 crate::vhost::VhostBlkConfig {
@@ -503,6 +507,20 @@ impl Config {
                         "duplicate volume name {:?} (already used by volume[{first}])",
                         v.name
                     ),
+                ));
+            }
+        }
+        let mut hosts: HashMap<&str, usize> = HashMap::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            let at = root.key("host").index(i);
+            h.validate().map_err(|e| (at.key(e.field), e.message))?;
+            if !vms.contains_key(h.vm.as_str()) {
+                return Err((at.key("vm"), format!("no [[vm]] named {:?}", h.vm)));
+            }
+            if let Some(first) = hosts.insert(h.nqn.as_str(), i) {
+                return Err((
+                    at.key("nqn"),
+                    format!("host {:?} is already bound to a VM by host[{first}]", h.nqn),
                 ));
             }
         }

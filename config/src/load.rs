@@ -33,6 +33,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     volume: Vec<crate::vm::VolumeConfig>,
     #[serde(default)]
+    host: Vec<crate::vm::HostBinding>,
+    #[serde(default)]
     vhost: crate::vhost::VhostConfig,
     #[serde(default)]
     vhost_blk: Vec<crate::vhost::VhostBlkConfig>,
@@ -168,6 +170,7 @@ impl TryFrom<RawConfig> for Config {
             paths: raw.path,
             vms: raw.vm,
             volumes: raw.volume,
+            hosts: raw.host,
             vhost: raw.vhost,
             vhost_blks: raw.vhost_blk,
             hooks: raw.hooks,

@@ -91,6 +91,29 @@ impl PathConfig {
     }
 }
 
+/// A `[[host]]` table: a remote host (by host NQN) whose NVMe/TCP I/O is scheduled as a
+/// VM's. Through any exported VM volume, the host's commands go through that VM's queue,
+/// shares, reservation, limit and path policy, whichever VM the volume belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostBinding {
+    /// The host's NQN (as it sends it in Connect).
+    pub nqn: String,
+    /// The VM its I/O is scheduled as.
+    pub vm: String,
+}
+
+impl HostBinding {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        crate::nvmf::validate_nqn("nqn", &self.nqn)?;
+        if self.vm.is_empty() {
+            return Err(ParamError::new("vm", "must name a VM"));
+        }
+        Ok(())
+    }
+}
+
 /// A `[[volume]]` table: a VM's virtual disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

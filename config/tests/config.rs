@@ -132,6 +132,29 @@ fn nvmf_subsystems_load_and_report_errors() {
 }
 
 #[test]
+fn host_bindings_load_round_trip_and_report_errors() {
+    let nqn = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000bb";
+    let ok = format!("[[vm]]\nname = \"vm-a\"\n[[host]]\nnqn = \"{nqn}\"\nvm = \"vm-a\"\n");
+    let c = Config::from_str(&ok, "t.toml").unwrap();
+    assert_eq!(c.hosts[0].nqn, nqn);
+    assert_eq!(c.hosts[0].vm, "vm-a");
+    assert_eq!(
+        Config::from_str(&c.to_toml_string().unwrap(), "again").unwrap(),
+        c
+    );
+    let (key, _, msg, _) = invalid(&ok.replace("vm = \"vm-a\"\n", "vm = \"vm-b\"\n"));
+    assert_eq!(key, "host[0].vm");
+    assert!(msg.contains("vm-b"), "{msg}");
+    let (key, _, _, _) = invalid(&ok.replace(nqn, "not-an-nqn"));
+    assert_eq!(key, "host[0].nqn");
+    let (key, _, msg, _) = invalid(&format!("{ok}[[host]]\nnqn = \"{nqn}\"\nvm = \"vm-a\"\n"));
+    assert_eq!(key, "host[1].nqn");
+    assert!(msg.contains("host[0]"), "{msg}");
+    let (key, _, _, _) = invalid(&format!("{ok}colour = 1\n"));
+    assert!(key.starts_with("host[0]"), "{key}");
+}
+
+#[test]
 fn empty_text_gives_empty_config() {
     assert_eq!(Config::from_str("", "empty").unwrap(), Config::default());
 }

@@ -9,7 +9,9 @@
 //! (in arrival order, behind it every later command of that connection); it is offered again
 //! on the next poll of the connection's reactor. Nothing is dropped.
 
-use vmpath_bdev::IoType;
+use std::sync::Arc;
+
+use vmpath_bdev::{BlockDevice, IoType};
 
 /// The hook's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +105,16 @@ impl std::fmt::Debug for QueueAdmission {
 pub trait AdmissionFactory: Send + Sync {
     /// The binding for a newly connected I/O queue.
     fn for_queue(&self, q: &QueueInfo) -> QueueAdmission;
+
+    /// The block device that I/O queues of host `hostnqn` use for a namespace backed by
+    /// `dev`: `dev` itself unless the factory serves that host through another device of
+    /// the same geometry and data (the daemon gives a host bound to a VM a view of a VM
+    /// volume that is scheduled as that VM's). Asked on the queue's reactor when it
+    /// connects and whenever its routes are rebuilt ([`crate::Target::refresh_routes`]).
+    fn device_for(&self, hostnqn: &str, dev: &Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> {
+        let _ = hostnqn;
+        dev.clone()
+    }
 }
 
 /// The default factory: VM tag 0, [`PassThrough`].

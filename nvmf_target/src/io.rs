@@ -219,6 +219,8 @@ impl Conn {
             return;
         };
         let snap = sub.snapshot();
+        let factory = self.shared.admission();
+        let hostnqn = self.q.as_ref().map(|q| q.ctrl.hostnqn().to_string());
         let max = snap
             .namespaces
             .last()
@@ -226,14 +228,18 @@ impl Conn {
             .unwrap_or(0);
         let mut routes: Vec<Option<NsRoute>> = vec![None; max];
         for ns in &snap.namespaces {
-            let Ok(chan) = env.chans.acquire(&ns.bdev) else {
+            let dev = match &hostnqn {
+                Some(h) => factory.device_for(h, &ns.bdev),
+                None => ns.bdev.clone(),
+            };
+            let Ok(chan) = env.chans.acquire(&dev) else {
                 tracing::warn!(
                     nsid = ns.nsid,
                     "cannot open a channel; namespace unavailable on this queue"
                 );
                 continue;
             };
-            let info = ns.bdev.info();
+            let info = dev.info();
             let ana = snap.ana_state(self.port, ns.anagrpid);
             routes[ns.nsid as usize] = Some(NsRoute {
                 chan,

@@ -46,7 +46,10 @@
 //! allocates nothing; nothing on the I/O path takes a lock (subsystem changes are picked up
 //! through a generation counter and an immutable snapshot). Every bdev submission goes
 //! through one function that consults the queue's [`AdmissionHook`] (pass-through by
-//! default; the per-VM scheduler plugs in with [`Target::set_admission_factory`]).
+//! default; the per-VM scheduler plugs in with [`Target::set_admission_factory`]). The same
+//! factory may serve a host through another device of a namespace
+//! ([`AdmissionFactory::device_for`]): the daemon schedules a host NQN bound to a VM as
+//! that VM's through a view of the exported volume.
 //!
 //! ## Bad input
 //! Malformed PDUs, bad header digests, wrong PDU order or out-of-range data transfers end

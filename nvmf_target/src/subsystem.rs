@@ -436,6 +436,13 @@ impl Subsystem {
         self.deleted.store(true, Ordering::Release);
     }
 
+    /// Publishes the same content at a new generation, so that queue pairs rebuild their
+    /// routes (see [`crate::Target::refresh_routes`]).
+    pub(crate) fn touch(&self) {
+        let st = self.lock();
+        self.publish(&st);
+    }
+
     /// Rebuilds and publishes the snapshot; call with the state lock held after a change.
     fn publish(&self, st: &SubsysState) {
         let mut snap = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());

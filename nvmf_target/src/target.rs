@@ -368,6 +368,17 @@ impl Target {
             .unwrap_or_else(|p| p.into_inner()) = f;
     }
 
+    /// Makes every connected I/O queue rebuild its namespace routes on its next poll, asking
+    /// the admission factory again which device serves each namespace (after the daemon
+    /// changed which VM a host is bound to). Commands already submitted complete on the
+    /// devices they went to.
+    pub fn refresh_routes(&self) {
+        let subs: Vec<Arc<Subsystem>> = lock(&self.shared.subsystems).values().cloned().collect();
+        for s in subs {
+            s.touch();
+        }
+    }
+
     fn check_running(&self) -> Result<(), TargetError> {
         if self.shared.stopping.load(Ordering::Acquire) {
             Err(TargetError::Stopped)

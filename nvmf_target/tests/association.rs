@@ -15,9 +15,10 @@ use nvme_spec::{
     AnaState, DiscoveryLogEntry, DiscoveryLogHeader, IdentifyController, LogPageId, NsIdList,
     Status, DISCOVERY_NQN,
 };
-use nvmf_target::testing::{Connection, Host, InitiatorError};
+use nvmf_target::testing::{Connection, Host, InitiatorError, InitiatorOptions};
 use nvmf_target::*;
 use vmpath_bdev::malloc::MallocBdev;
+use vmpath_bdev::BlockDevice;
 
 #[test]
 fn keep_alive_timeout_tears_down_a_silent_host() {
@@ -561,4 +562,66 @@ fn subsystem_deletion_and_target_shutdown() {
     ));
     f.runtime.take().unwrap().shutdown();
     let _ = InitiatorError::Closed;
+}
+
+/// Serves one host NQN through another device (what the daemon does for a host bound to a
+/// VM); switchable at run time.
+struct Redirect {
+    host: String,
+    to: Arc<dyn BlockDevice>,
+    on: Arc<AtomicUsize>,
+}
+
+impl AdmissionFactory for Redirect {
+    fn for_queue(&self, q: &QueueInfo) -> QueueAdmission {
+        PassThroughFactory.for_queue(q)
+    }
+
+    fn device_for(&self, hostnqn: &str, dev: &Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> {
+        if hostnqn == self.host && self.on.load(Ordering::Acquire) > 0 {
+            self.to.clone()
+        } else {
+            dev.clone()
+        }
+    }
+}
+
+#[test]
+fn the_admission_factory_chooses_each_hosts_device_and_can_change_it() {
+    let f = fixture();
+    let other: Arc<dyn BlockDevice> =
+        Arc::new(MallocBdev::new("Other", BLOCKS, BS, Default::default()).unwrap());
+    let b_nqn = "nqn.2014-08.org.example:host-b";
+    let on = Arc::new(AtomicUsize::new(1));
+    f.target.set_admission_factory(Arc::new(Redirect {
+        host: b_nqn.into(),
+        to: other.clone(),
+        on: on.clone(),
+    }));
+    let mut a = Host::connect(f.addr, NQN, &opts(), 1).unwrap();
+    let b_opts = InitiatorOptions {
+        hostnqn: b_nqn.into(),
+        hostid: [0xb; 16],
+        ..opts()
+    };
+    let mut b = Host::connect(f.addr, NQN, &b_opts, 1).unwrap();
+    let (pa, pb) = (pattern(BS as usize, 1), pattern(BS as usize, 2));
+    a.io[0].write(1, 3, &pa, BS).unwrap().ok().unwrap();
+    b.io[0].write(1, 3, &pb, BS).unwrap().ok().unwrap();
+    // Each host sees its own device behind namespace 1.
+    assert!(a.io[0].read(1, 3, 1, BS).unwrap().ok().unwrap().data == pa);
+    assert!(b.io[0].read(1, 3, 1, BS).unwrap().ok().unwrap().data == pb);
+    // Switched off and refreshed: B's connected queue now reaches the namespace's own device.
+    on.store(0, Ordering::Release);
+    f.target.refresh_routes();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = b.io[0].read(1, 3, 1, BS).unwrap().ok().unwrap().data;
+        if got == pa {
+            break;
+        }
+        assert!(got == pb, "neither device's data");
+        assert!(Instant::now() < deadline, "routes never refreshed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

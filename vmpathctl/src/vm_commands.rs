@@ -55,6 +55,30 @@ pub enum VmCommand {
         name: String,
     },
 
+    /// Schedule a remote host's NVMe/TCP I/O as a VM's, through any exported volume
+    /// (RPC vm_bind_host)
+    ///
+    /// Example: `vmpathctl vm_bind_host nqn.2014-08.org.nvmexpress:uuid:... vm-a`. Replaces
+    /// the host's earlier binding; connected queues follow on their next poll.
+    #[command(name = "vm_bind_host", alias = "vm-bind-host")]
+    VmBindHost {
+        /// The host's NQN
+        hostnqn: String,
+        /// VM name
+        vm: String,
+    },
+
+    /// Stop scheduling a host as a VM (RPC vm_unbind_host)
+    #[command(name = "vm_unbind_host", alias = "vm-unbind-host")]
+    VmUnbindHost {
+        /// The host's NQN
+        hostnqn: String,
+    },
+
+    /// List host NQN → VM bindings (RPC vm_get_hosts)
+    #[command(name = "vm_get_hosts", alias = "vm-get-hosts")]
+    VmGetHosts,
+
     /// Register a bdev as a path the scheduler may route VM I/O to (RPC sched_path_add)
     #[command(name = "sched_path_add", alias = "sched-path-add")]
     SchedPathAdd(PathAddArgs),
@@ -357,6 +381,14 @@ impl VmCommand {
             ),
             VmCommand::VmSuspend { name } => name_only("vm_suspend", name),
             VmCommand::VmResume { name } => name_only("vm_resume", name),
+            VmCommand::VmBindHost { hostnqn, vm } => (
+                "vm_bind_host".into(),
+                Some(json!({ "hostnqn": hostnqn, "vm": vm })),
+            ),
+            VmCommand::VmUnbindHost { hostnqn } => {
+                ("vm_unbind_host".into(), Some(json!({ "hostnqn": hostnqn })))
+            }
+            VmCommand::VmGetHosts => ("vm_get_hosts".into(), None),
             VmCommand::SchedPathAdd(a) => {
                 let mut m = Map::new();
                 m.insert("name".into(), json!(a.name));
@@ -423,6 +455,7 @@ impl VmCommand {
             VmCommand::VmGetVms { .. } => vms(result),
             VmCommand::SchedGetPaths => Ok(paths(result)),
             VmCommand::VolumeGetVolumes => Ok(volumes(result)),
+            VmCommand::VmGetHosts => hosts(result),
             VmCommand::VhostGetControllers { .. } => Ok(controllers(result)),
             _ => Ok(match result {
                 Value::String(s) => format!("{s}\n"),
@@ -440,6 +473,18 @@ fn num(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// The vm_get_hosts table.
+pub fn hosts(result: &Value) -> Result<String, FormatError> {
+    let list = result
+        .as_array()
+        .ok_or_else(|| FormatError::new("vm_get_hosts", "not an array"))?;
+    let mut t = Table::new(&[("HOSTNQN", Align::Left), ("VM", Align::Left)]);
+    for h in list {
+        t.row(vec![num(&h["hostnqn"]), num(&h["vm"])]);
+    }
+    Ok(t.render())
 }
 
 /// The vm_get_vms table.
@@ -621,5 +666,34 @@ mod tests {
         assert!(out.contains("2000"), "{out}");
         assert!(out.contains("RECOMMENDED"), "{out}");
         assert!(out.contains("40 KiB"), "{out}");
+    }
+
+    #[test]
+    fn host_bindings_map_to_their_rpcs_and_table() {
+        let nqn = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000bb";
+        let cmd = VmCommand::VmBindHost {
+            hostnqn: nqn.into(),
+            vm: "vm-a".into(),
+        };
+        assert_eq!(
+            cmd.request(),
+            (
+                "vm_bind_host".into(),
+                Some(json!({"hostnqn": nqn, "vm": "vm-a"}))
+            )
+        );
+        let cmd = VmCommand::VmUnbindHost {
+            hostnqn: nqn.into(),
+        };
+        assert_eq!(
+            cmd.request(),
+            ("vm_unbind_host".into(), Some(json!({ "hostnqn": nqn })))
+        );
+        let out = VmCommand::VmGetHosts
+            .render(&json!([{"hostnqn": nqn, "vm": "vm-a"}]))
+            .unwrap();
+        assert!(out.starts_with("HOSTNQN"), "{out}");
+        assert!(out.contains(nqn) && out.contains("vm-a"), "{out}");
+        assert!(VmCommand::VmGetHosts.render(&json!({})).is_err());
     }
 }

@@ -77,6 +77,8 @@ pub struct State {
     pub vhost: crate::vhost_rpc::Controllers,
     /// The NVMe-over-TCP target (exported subsystems).
     pub nvmf: Arc<nvmf_target::Target>,
+    /// Remote hosts scheduled as VMs (the target's admission factory).
+    pub hosts: Arc<crate::hosts::HostBindings>,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -176,6 +178,7 @@ impl Daemon {
                 })?
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
         }
+        let hosts = Arc::new(crate::hosts::HostBindings::new(volumes.clone()));
         let state = Arc::new(State {
             bdevs,
             config: Mutex::new(config.clone()),
@@ -187,7 +190,9 @@ impl Daemon {
             nvmf: crate::nvmf_rpc::new_target(runtime.handles().to_vec())
                 .map_err(DaemonError::Setup)?,
             started: Instant::now(),
+            hosts,
         });
+        state.nvmf.set_admission_factory(state.hosts.clone());
         crate::nvme_rpc::forward_events(&state);
         crate::vm_rpc::follow_fabric_paths(&state);
         crate::nvme_rpc::attach_configured(&state).map_err(DaemonError::Setup)?;

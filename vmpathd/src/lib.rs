@@ -13,6 +13,7 @@
 
 pub mod bdevs;
 pub mod daemon;
+pub mod hosts;
 pub mod nvme_rpc;
 pub mod nvmf_rpc;
 pub mod rpc;
@@ -59,6 +60,10 @@ pub(crate) fn build_vm_objects(
     for (i, v) in config.volumes.iter().enumerate() {
         vm_rpc::create_volume(state, v)
             .map_err(|e| DaemonError::Setup(format!("volume[{i}] ({}): {}", v.name, e.message)))?;
+    }
+    for (i, h) in config.hosts.iter().enumerate() {
+        hosts::bind(state, h)
+            .map_err(|e| DaemonError::Setup(format!("host[{i}] ({}): {}", h.nqn, e.message)))?;
     }
     Ok(())
 }

@@ -62,7 +62,7 @@ struct SaveConfigParams {
     filename: Option<String>,
 }
 
-fn no_params(params: &Option<Value>) -> Result<(), RpcError> {
+pub(crate) fn no_params(params: &Option<Value>) -> Result<(), RpcError> {
     match params {
         None | Some(Value::Null) => Ok(()),
         Some(Value::Object(m)) if m.is_empty() => Ok(()),
@@ -263,10 +263,11 @@ impl RpcHandler for Handler {
             // Every other method belongs to one module, found by its method list.
             m => {
                 type Call = fn(&State, &str, Option<Value>) -> Option<Result<Value, RpcError>>;
-                let modules: [(&[&str], Call); 4] = [
+                let modules: [(&[&str], Call); 5] = [
                     (crate::nvme_rpc::METHODS, crate::nvme_rpc::call),
                     (crate::nvmf_rpc::METHODS, crate::nvmf_rpc::call),
                     (crate::vm_rpc::METHODS, crate::vm_rpc::call),
+                    (crate::hosts::METHODS, crate::hosts::call),
                     (crate::vhost_rpc::METHODS, crate::vhost_rpc::call),
                 ];
                 modules
@@ -282,6 +283,7 @@ impl RpcHandler for Handler {
         METHODS
             .iter()
             .chain(crate::vm_rpc::METHODS)
+            .chain(crate::hosts::METHODS)
             .chain(crate::vhost_rpc::METHODS)
             .chain(crate::nvme_rpc::METHODS)
             .chain(crate::nvmf_rpc::METHODS)

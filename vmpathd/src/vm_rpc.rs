@@ -3,7 +3,7 @@
 //! | method | params | result |
 //! |---|---|---|
 //! | `vm_create` | a VM spec (`name`, `shares`, `reservation`, `limit`, `priority`, `path_policy`, `failover`, `max_held`) | VM name |
-//! | `vm_delete` | `{"name"}` | `true` (refused while the VM has volumes) |
+//! | `vm_delete` | `{"name"}` | `true` (refused while the VM has volumes or bound hosts) |
 //! | `vm_set_qos` | `{"name", "shares"?, "reservation"?, "limit"?, "priority"?, "failover"?, "max_held"?}` | `true` |
 //! | `vm_set_path_policy` | `{"name", "selector", "affinity"?}` | `true` |
 //! | `vm_get_vms` | `{"name"?}` | VMs with spec, state and counters |
@@ -15,6 +15,9 @@
 //! | `volume_create` | `{"name", "vm", "paths", "offset_blocks"?, "num_blocks"?}` | volume name (also a bdev) |
 //! | `volume_delete` | `{"name"}` | `true` |
 //! | `volume_get_volumes` | – | volumes |
+//!
+//! Binding remote hosts to VMs (`vm_bind_host`, `vm_unbind_host`, `vm_get_hosts`) is in
+//! [`crate::hosts`].
 //!
 //! A reservation the paths cannot carry is refused (admission control) with the scheduler's
 //! message. Scheduler events (`vm_migrate_recommended`, `vm_migrate_cleared`, `vm_suspended`,
@@ -186,12 +189,14 @@ pub fn create_volume(state: &State, v: &VolumeConfig) -> Result<Arc<VmVolume>, R
         .bdevs
         .insert(vol.clone())
         .map_err(|e| RpcError::exists(e.to_string()))?;
+    state.hosts.add_volume(&vol);
     Ok(vol)
 }
 
-fn vm_json(info: &scheduler::VmInfo) -> Value {
+fn vm_json(state: &State, info: &scheduler::VmInfo) -> Value {
     json!({
         "name": info.spec.name,
+        "hosts": state.hosts.hosts_of(info.id),
         "spec": info.spec,
         "suspended": info.suspended.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>(),
         "serving_path": info.serving_path.map(|p| p.index()),
@@ -288,6 +293,7 @@ pub fn call(state: &State, method: &str, params: Option<Value>) -> Option<Result
                 .bdevs
                 .remove(&p.name)
                 .map_err(|e| RpcError::no_device(e.to_string()))?;
+            state.hosts.remove_volume(&p.name);
             state
                 .config
                 .lock()
@@ -349,6 +355,12 @@ fn vm_delete(state: &State, params: Option<Value>) -> Result<Value, RpcError> {
         return Err(RpcError::busy(format!(
             "VM {} still has volume {}; delete it first",
             p.name, v.name
+        )));
+    }
+    if let Some(h) = state.hosts.hosts_of(vm).first() {
+        return Err(RpcError::busy(format!(
+            "host {h} is bound to VM {}; unbind it first (vm_unbind_host)",
+            p.name
         )));
     }
     sched.delete_vm(vm).map_err(sched_err)?;
@@ -452,7 +464,9 @@ fn vm_get_vms(state: &State, params: Option<Value>) -> Result<Value, RpcError> {
         }
         None => sched.vms(),
     };
-    Ok(Value::Array(list.iter().map(vm_json).collect()))
+    Ok(Value::Array(
+        list.iter().map(|info| vm_json(state, info)).collect(),
+    ))
 }
 
 fn vm_suspend_resume(

@@ -196,6 +196,24 @@ impl VolumeManager {
             .map(|(i, _)| PathId(i as u16))
     }
 
+    /// The same storage as `vol` (same name, UUID, blocks and paths), scheduled as VM `vm`'s:
+    /// what a host bound to `vm` uses when it reaches `vol` over NVMe/TCP. Its requests go
+    /// through `vm`'s queue, shares, reservation, limit and path policy. Checked like
+    /// [`create_volume`](Self::create_volume) (`vm` may only use paths that reach `vol`).
+    pub fn view_as(
+        self: &Arc<Self>,
+        vol: &VmVolume,
+        vm: VmId,
+    ) -> Result<Arc<VmVolume>, VolumeError> {
+        self.create_volume(
+            &vol.info.name,
+            vm,
+            &vol.path_names,
+            vol.offset_blocks,
+            Some(vol.info.num_blocks),
+        )
+    }
+
     /// Creates a volume of VM `vm`: blocks `offset_blocks..offset_blocks+num_blocks` of the
     /// storage reached through `paths` (`num_blocks = None`: to the end). If the VM may use any
     /// path (empty affinity), its affinity is narrowed to these paths.
