@@ -88,6 +88,9 @@ pub(crate) fn identify_controller(
             id.set_anagrpmax(opts.max_namespaces);
             id.set_nanagrpid(opts.max_namespaces);
             id.set_nn(opts.max_namespaces);
+            // MNAN: with ANA reporting it must be non-zero and at most NN; Linux refuses the
+            // controller otherwise ("Invalid MNAN value 0").
+            id.set_mnan(opts.max_namespaces);
             id.set_oncs(Idc::ONCS_DSM | Idc::ONCS_WRITE_ZEROES);
             // Volatile write cache present; Flush with NSID FFFFFFFFh not supported (10b).
             id.set_vwc(Idc::VWC_PRESENT | 0b10 << 1);

@@ -65,6 +65,8 @@ fn properties_enable_identify_and_features() {
     assert_eq!(id.mn().unwrap(), "vmpath test");
     assert_eq!(id.mdts(), 5);
     assert_eq!(id.nn(), 1024);
+    // Linux refuses an ANA-reporting controller whose MNAN is 0 or above NN.
+    assert_eq!(id.mnan(), id.nn());
     assert_eq!(id.ioccsz(), (64 + 8192) / 16);
     assert_eq!(id.cntrltype(), IdentifyController::CNTRLTYPE_IO);
     assert_ne!(id.cmic() & IdentifyController::CMIC_ANA, 0);
