@@ -4,7 +4,8 @@
 #     libraries it needs that are not installed), unpacked with `dpkg -x`, never installed: the
 #     image's qemu-utils 10 conflicts with Debian 12's qemu-system-common;
 #   - the Debian kernel (linux-image-amd64 -> its versioned linux-image package);
-#   - a busybox initramfs (cpio newc + gzip) with the virtio modules, /init and the guest test.
+#   - a busybox initramfs (cpio newc + gzip) with the virtio and NVMe/TCP host modules, /init
+#     and the guest test.
 # Idempotent and cached under the work dir ($VMPATH_GUEST_DIR, default ci/work): downloads happen
 # once, the initramfs is rebuilt only when its inputs change. Prints the work dir's env file path.
 # Usage: ci/guest/build.sh [--quiet]
@@ -191,7 +192,8 @@ add_module() {
   for dep in $(modinfo_depends "$ko"); do add_module "$dep"; done
   MOD_ORDER+=("$ko")
 }
-for m in virtio_pci virtio_blk; do add_module "$m"; done
+# virtio_net and nvme_tcp: the guest can also be a Linux NVMe/TCP host (run-qemu.sh --nvmf).
+for m in virtio_pci virtio_blk virtio_net nvme_tcp; do add_module "$m"; done
 
 # ---------------------------------------------------------------- busybox
 BBDEB=$(deb_of busybox-static)
@@ -202,7 +204,7 @@ if [ ! -x "$BBROOT/bin/busybox" ]; then
 fi
 BB="$BBROOT/bin/busybox"
 BB_APPLETS=$("$BB" --list)
-for applet in sh dd cmp blkdiscard taskset awk poweroff insmod stty; do
+for applet in sh dd cmp blkdiscard taskset awk poweroff insmod stty ip; do
   grep -qx "$applet" <<<"$BB_APPLETS" || die "busybox-static lacks the '$applet' applet"
 done
 

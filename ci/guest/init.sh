@@ -13,6 +13,10 @@
 #   vmpath.progress_wait=SECS                     restart mode: wait for I/O to resume (120)
 #   vmpath.wce=strict|enable                      strict: the device must report a write-back
 #                                                 cache; enable: the guest may switch it on (default)
+#   vmpath.nvmf=PORT,SUBNQN,HOSTNQN               be a Linux NVMe/TCP host: bring up eth0 (QEMU
+#                                                 user networking), connect to 10.0.2.2:PORT (the
+#                                                 host's loopback) as HOSTNQN; the namespace shows
+#                                                 up as nvme0n1 (test it with vmpath.disks=nvme0n1)
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -29,8 +33,16 @@ result() {
   sleep 5
 }
 
+# Module parameters from the kernel command line (MODULE.PARAM=VALUE, e.g.
+# nvme_core.multipath=N), handed to insmod as the kernel would hand them to modprobe.
 for m in $(cat /etc/modules-load); do
-  insmod "/lib/modules/$m" || result "FAIL (insmod $m failed)"
+  name="$(echo "${m%.ko}" | tr - _)"
+  args=""
+  for w in $(cat /proc/cmdline); do
+    case "$w" in "$name."*) args="$args ${w#"$name".}" ;; esac
+  done
+  # shellcheck disable=SC2086 # one word per parameter
+  insmod "/lib/modules/$m" $args || result "FAIL (insmod $m$args failed)"
 done
 
 # param NAME DEFAULT: value of vmpath.NAME= on the kernel command line (the last one wins).
@@ -52,6 +64,28 @@ export VMPATH_MODE VMPATH_MIN_QUEUES VMPATH_DISCARD VMPATH_WRITE_ZEROES VMPATH_R
   VMPATH_PROGRESS_WAIT VMPATH_WCE
 want="$(param disks '' | tr ',' ' ')"
 
+nvmf="$(param nvmf '')"
+if [ -n "$nvmf" ]; then
+  port="${nvmf%%,*}"
+  rest="${nvmf#*,}"
+  subnqn="${rest%%,*}"
+  hostnqn="${rest#*,}"
+  ip link set lo up && ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 ||
+    result "FAIL (cannot bring up eth0 for NVMe/TCP)"
+  [ -c /dev/nvme-fabrics ] || result "FAIL (no /dev/nvme-fabrics: nvme_fabrics not loaded)"
+  i=0
+  # The NVMe/TCP connect: the kernel's own host driver (nvme_tcp) against the target.
+  until echo "transport=tcp,traddr=10.0.2.2,trsvcid=$port,nqn=$subnqn,hostnqn=$hostnqn" \
+    >/dev/nvme-fabrics 2>/tmp/nvmf.err; do
+    i=$((i + 1))
+    [ "$i" -ge 20 ] && result "FAIL (NVMe/TCP connect to 10.0.2.2:$port failed: $(cat /tmp/nvmf.err))"
+    sleep 0.5
+  done
+  echo "VMPATH-GUEST: NVMe/TCP connected: $(cat /sys/class/nvme/nvme0/transport 2>/dev/null)" \
+    "$(cat /sys/class/nvme/nvme0/address 2>/dev/null)" \
+    "subsys $(cat /sys/class/nvme/nvme0/subsysnqn 2>/dev/null)"
+fi
+
 # Wait (bounded) for the disk(s) to appear.
 i=0
 while :; do
@@ -69,7 +103,7 @@ while :; do
     break
   fi
   i=$((i + 1))
-  [ "$i" -ge 100 ] && result "FAIL (no virtio-blk disk appeared within 10 s; wanted:${want:- any} found:${found:- none})"
+  [ "$i" -ge 100 ] && result "FAIL (no disk appeared within 10 s; wanted:${want:- any} found:${found:- none})"
   sleep 0.1
 done
 # shellcheck disable=SC2086 # word splitting trims the list

@@ -4,6 +4,7 @@
 # "VMPATH-GUEST RESULT: PASS".
 #
 # Usage: ci/guest/run-qemu.sh [options] SOCKET [extra qemu args...]
+#        ci/guest/run-qemu.sh [options] --nvmf PORT,SUBNQN,HOSTNQN [- [extra qemu args...]]
 #   --mode basic|restart|stamp|check-stamp   guest test mode (default basic)
 #   --restart-cmd CMD   restart mode: shell command run on the host once the guest has written its
 #                       data and is doing I/O; it must kill the target and return once the new one
@@ -16,6 +17,10 @@
 #                       newest kept)
 #   --append ARGS       extra kernel command line (e.g. vmpath.discard=any)
 #   --quiet             do not echo the serial console to stdout
+#   --nvmf PORT,SUBNQN,HOSTNQN  the guest is a Linux NVMe/TCP host instead (or as well, with a
+#                       SOCKET): QEMU user networking, the guest kernel's nvme_tcp connects to
+#                       127.0.0.1:PORT of this machine as HOSTNQN; test its namespace with
+#                       --append "vmpath.disks=nvme0n1 ..."; SOCKET may then be "-" (none)
 # Exit status: 0 PASS, 1 FAIL or timeout, 2 usage/setup error.
 set -euo pipefail
 
@@ -23,7 +28,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 W="${VMPATH_GUEST_DIR:-$REPO/ci/work}"
 
-MODE=basic RESTART_CMD="" QUEUES=2 SMP="" ACCEL=tcg TIMEOUT=300 LOG="" APPEND="" QUIET=0
+MODE=basic RESTART_CMD="" QUEUES=2 SMP="" ACCEL=tcg TIMEOUT=300 LOG="" APPEND="" QUIET=0 NVMF=
 usage() {
   awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
   exit 2
@@ -39,20 +44,26 @@ while [ $# -gt 0 ]; do
     --log) LOG="$2" && shift 2 ;;
     --append) APPEND="$2" && shift 2 ;;
     --quiet) QUIET=1 && shift ;;
+    --nvmf) NVMF="$2" && shift 2 ;;
     -h | --help) usage ;;
     --*) echo "run-qemu: unknown option $1" >&2 && usage ;;
     *) break ;;
   esac
 done
-[ $# -ge 1 ] || usage
-SOCKET="$1"
-shift
+if [ -n "$NVMF" ] && { [ $# -eq 0 ] || [ "$1" = - ]; }; then
+  SOCKET=""
+  [ $# -eq 0 ] || shift
+else
+  [ $# -ge 1 ] || usage
+  SOCKET="$1"
+  shift
+fi
 case "$MODE" in basic | restart | stamp | check-stamp) ;; *) echo "run-qemu: bad --mode $MODE" >&2 && exit 2 ;; esac
 if [ "$MODE" = restart ] && [ -z "$RESTART_CMD" ]; then
   echo "run-qemu: --mode restart needs --restart-cmd" >&2
   exit 2
 fi
-[ -S "$SOCKET" ] || {
+[ -z "$SOCKET" ] || [ -S "$SOCKET" ] || {
   echo "run-qemu: $SOCKET is not a listening Unix socket" >&2
   exit 2
 }
@@ -93,15 +104,24 @@ mkdir -p "$(dirname "$LOG")"
 FW_ARGS=()
 for d in "${QEMU_FW[@]}"; do [ -d "$d" ] && FW_ARGS+=(-L "$d"); done
 
-CMDLINE="console=ttyS0 quiet panic=-1 vmpath.mode=$MODE vmpath.min_queues=$QUEUES${APPEND:+ $APPEND}"
+CMDLINE="console=ttyS0 quiet panic=-1 vmpath.mode=$MODE vmpath.min_queues=$QUEUES${NVMF:+ vmpath.nvmf=$NVMF}${APPEND:+ $APPEND}"
+DEV_ARGS=()
+if [ -n "$SOCKET" ]; then
+  DEV_ARGS+=(-chardev "socket,id=c0,path=$SOCKET,reconnect=1"
+    -device "vhost-user-blk-pci,chardev=c0,num-queues=$QUEUES")
+fi
+if [ -n "$NVMF" ]; then
+  # User-mode networking: the guest's 10.0.2.2 is this machine's loopback.
+  # shellcheck disable=SC2054 # commas belong to QEMU option values
+  DEV_ARGS+=(-netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=)
+fi
 # shellcheck disable=SC2054 # commas belong to QEMU option values
 QEMU_ARGS=(
   "${FW_ARGS[@]}"
   -machine q35 -accel "$ACCEL" -cpu "$CPU" -smp "$SMP" -m 512
   -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem
   -nodefaults -no-user-config -display none -serial stdio
-  -chardev "socket,id=c0,path=$SOCKET,reconnect=1"
-  -device "vhost-user-blk-pci,chardev=c0,num-queues=$QUEUES"
+  "${DEV_ARGS[@]}"
   -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "$CMDLINE"
   -no-reboot
   "$@"

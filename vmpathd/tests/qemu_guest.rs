@@ -2,16 +2,26 @@
 //! `ci/guest/build.sh` from Debian packages) on a vmpathd vhost-user-blk disk with two queues:
 //! writes, reads back and compares on both queues, checks flush, discard and write-zeroes; then
 //! survives a SIGKILL + restart of vmpathd with I/O in flight (QEMU `reconnect=1`, inflight
-//! region) with no error and no acknowledged write lost. Needs root (the initramfs build) and
-//! Debian's package mirrors for the first build; CI has both.
+//! region) with no error and no acknowledged write lost. The same guest as a Linux NVMe/TCP host
+//! (the kernel's own `nvme_tcp` driver) runs the same checks on a namespace exported by
+//! vmpathd, its I/O scheduled as the VM its host NQN is bound to. Needs root (the initramfs
+//! build) and Debian's package mirrors for the first build; CI has both.
 
 mod common;
+
+/// Each test boots a TCG guest that needs both cores: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{read_log, BIN};
+use common::{free_port, read_log, Vmpathd, BIN};
+use serde_json::json;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -88,6 +98,7 @@ impl Drop for Daemon {
 
 #[test]
 fn linux_guest_on_a_vmpath_disk_survives_a_target_restart() {
+    let _serial = serial();
     let dir = tempfile::Builder::new()
         .prefix("vmpath-qemu")
         .tempdir()
@@ -152,4 +163,87 @@ fn linux_guest_on_a_vmpath_disk_survives_a_target_restart() {
         read_log(&d.join("vmpathd.log"))
     );
     assert!(t0.elapsed() < Duration::from_secs(300));
+}
+
+const SUBNQN: &str = "nqn.2016-06.io.vmpath:linux-host";
+const GUEST_HOSTNQN: &str = "nqn.2014-08.org.example:linux-guest";
+
+fn nvmf_config(port: u16) -> String {
+    format!(
+        r#"
+[[bdev]]
+type = "malloc"
+name = "Malloc0"
+num_blocks = 524288
+block_size = 512
+[[path]]
+name = "local0"
+bdev = "Malloc0"
+capacity_iops = 200000
+capacity_mbps = 2000
+[[vm]]
+name = "owner"
+[[vm]]
+name = "guest-vm"
+limit = {{ iops = 5000 }}
+[[volume]]
+name = "owner-disk"
+vm = "owner"
+paths = ["local0"]
+[[nvmf_subsystem]]
+nqn = "{SUBNQN}"
+allow_any_host = true
+[[nvmf_subsystem.namespace]]
+bdev_name = "owner-disk"
+nsid = 1
+[[nvmf_subsystem.listener]]
+traddr = "127.0.0.1"
+trsvcid = "{port}"
+[[host]]
+nqn = "{GUEST_HOSTNQN}"
+vm = "guest-vm"
+"#
+    )
+}
+
+#[test]
+fn a_linux_nvme_tcp_host_is_scheduled_as_its_bound_vm() {
+    let _serial = serial();
+    let port = free_port();
+    let d = Vmpathd::builder().config(&nvmf_config(port)).start();
+    let t0 = Instant::now();
+    // nvme_core.multipath=N: the namespace is the plain blk-mq disk whose queues and
+    // counters the guest test reads (a native-multipath head node has neither).
+    let status = Command::new("bash")
+        .arg(repo().join("ci/guest/test-against.sh"))
+        .arg("--quiet")
+        .arg("--nvmf")
+        .arg(format!("{port},{SUBNQN},{GUEST_HOSTNQN}"))
+        .arg("--append")
+        .arg("vmpath.disks=nvme0n1 vmpath.min_queues=1 nvme_core.multipath=N")
+        .arg("-")
+        .status()
+        .unwrap();
+    eprintln!(
+        "Linux NVMe/TCP host guest test: {:?} in {:.1}s",
+        status.code(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        status.success(),
+        "the Linux NVMe/TCP host's checks failed (see the serial log above); daemon log:\n{}",
+        d.log()
+    );
+    // Every command of the guest went through the VM its host NQN is bound to, none through
+    // the volume's own VM.
+    let owner = d.call("vm_get_vms", json!({"name": "owner"}));
+    let bound = d.call("vm_get_vms", json!({"name": "guest-vm"}));
+    let ios = bound[0]["dispatched_ios"].as_u64().unwrap();
+    eprintln!(
+        "guest-vm dispatched {ios} I/Os; owner {}",
+        owner[0]["dispatched_ios"]
+    );
+    assert!(ios >= 100, "bound VM saw only {ios} I/Os: {bound}");
+    assert_eq!(owner[0]["dispatched_ios"], 0, "{owner}");
+    assert_eq!(bound[0]["hosts"], json!([GUEST_HOSTNQN]));
 }
