@@ -125,8 +125,25 @@ slot() {
   echo "$off $len"
 }
 
-# stat_field DEV N: field N (1-based) of /sys/block/DEV/stat.
-stat_field() { awk -v n="$2" '{ print (NF >= n) ? $n : -1 }' "/sys/block/$1/stat"; }
+# mpath_paths DEV: the path disks of an NVMe multipath head node nvmeXnY (nvmeXcZnY), if any.
+mpath_paths() {
+  local p
+  case "$1" in nvme*n*) ;; *) return 0 ;; esac
+  for p in /sys/block/"${1%n*}"c*n"${1##*n}"; do [ -e "$p/stat" ] && echo "$p"; done
+}
+
+# stat_field DEV N: field N (1-based) of /sys/block/DEV/stat. For an NVMe multipath head node
+# (bio-based: flushes and discards are counted where they are issued), the sum over its paths.
+stat_field() {
+  local paths
+  paths=$(mpath_paths "$1")
+  if [ -n "$paths" ]; then
+    for p in $paths; do cat "$p/stat"; done | awk -v n="$2" '
+      NF < n { bad = 1 } { sum += $n } END { print bad ? -1 : sum + 0 }'
+  else
+    awk -v n="$2" '{ print (NF >= n) ? $n : -1 }' "/sys/block/$1/stat"
+  fi
+}
 
 # irq_counts DEV: "q0=N q1=M ..." from the per-queue MSI-X vectors "virtioX-req.Q".
 irq_counts() {

@@ -13,9 +13,10 @@
 #   vmpath.progress_wait=SECS                     restart mode: wait for I/O to resume (120)
 #   vmpath.wce=strict|enable                      strict: the device must report a write-back
 #                                                 cache; enable: the guest may switch it on (default)
-#   vmpath.nvmf=PORT,SUBNQN,HOSTNQN               be a Linux NVMe/TCP host: bring up eth0 (QEMU
+#   vmpath.nvmf=PORT[:PORT...],SUBNQN,HOSTNQN     be a Linux NVMe/TCP host: bring up eth0 (QEMU
 #                                                 user networking), connect to 10.0.2.2:PORT (the
-#                                                 host's loopback) as HOSTNQN; the namespace shows
+#                                                 host's loopback) as HOSTNQN, once per port (one
+#                                                 controller each: multipath); the namespace shows
 #                                                 up as nvme0n1 (test it with vmpath.disks=nvme0n1)
 export PATH=/bin
 mount -t proc proc /proc
@@ -66,24 +67,31 @@ want="$(param disks '' | tr ',' ' ')"
 
 nvmf="$(param nvmf '')"
 if [ -n "$nvmf" ]; then
-  port="${nvmf%%,*}"
+  ports="${nvmf%%,*}"
   rest="${nvmf#*,}"
   subnqn="${rest%%,*}"
   hostnqn="${rest#*,}"
   ip link set lo up && ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 ||
     result "FAIL (cannot bring up eth0 for NVMe/TCP)"
   [ -c /dev/nvme-fabrics ] || result "FAIL (no /dev/nvme-fabrics: nvme_fabrics not loaded)"
-  i=0
-  # The NVMe/TCP connect: the kernel's own host driver (nvme_tcp) against the target.
-  until echo "transport=tcp,traddr=10.0.2.2,trsvcid=$port,nqn=$subnqn,hostnqn=$hostnqn" \
-    >/dev/nvme-fabrics 2>/tmp/nvmf.err; do
-    i=$((i + 1))
-    [ "$i" -ge 20 ] && result "FAIL (NVMe/TCP connect to 10.0.2.2:$port failed: $(cat /tmp/nvmf.err))"
-    sleep 0.5
+  for port in $(echo "$ports" | tr ':' ' '); do
+    i=0
+    # The NVMe/TCP connect: the kernel's own host driver (nvme_tcp) against the target.
+    until echo "transport=tcp,traddr=10.0.2.2,trsvcid=$port,nqn=$subnqn,hostnqn=$hostnqn" \
+      >/dev/nvme-fabrics 2>/tmp/nvmf.err; do
+      i=$((i + 1))
+      [ "$i" -ge 20 ] && result "FAIL (NVMe/TCP connect to 10.0.2.2:$port failed: $(cat /tmp/nvmf.err))"
+      sleep 0.5
+    done
   done
-  echo "VMPATH-GUEST: NVMe/TCP connected: $(cat /sys/class/nvme/nvme0/transport 2>/dev/null)" \
-    "$(cat /sys/class/nvme/nvme0/address 2>/dev/null)" \
-    "subsys $(cat /sys/class/nvme/nvme0/subsysnqn 2>/dev/null)"
+  nvme_states() {
+    for c in /sys/class/nvme/nvme*; do
+      echo "VMPATH-GUEST: NVMe/TCP ${c##*/}$1: $(cat "$c/transport" 2>/dev/null)" \
+        "$(cat "$c/address" 2>/dev/null) subsys $(cat "$c/subsysnqn" 2>/dev/null)" \
+        "state $(cat "$c/state" 2>/dev/null)"
+    done
+  }
+  nvme_states ""
 fi
 
 # Wait (bounded) for the disk(s) to appear.
@@ -111,7 +119,10 @@ VMPATH_DISKS="$(echo $want)"
 export VMPATH_DISKS
 echo "VMPATH-GUEST: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpus, mode $VMPATH_MODE, disks $VMPATH_DISKS"
 
-if /vmpath/guest-test.sh main; then
+ok=0
+/vmpath/guest-test.sh main && ok=1
+[ -n "$nvmf" ] && nvme_states " at the end"
+if [ "$ok" = 1 ]; then
   result "PASS (mode $VMPATH_MODE, disks $VMPATH_DISKS)"
 else
   result "FAIL (mode $VMPATH_MODE, disks $VMPATH_DISKS; see CHECK lines above)"

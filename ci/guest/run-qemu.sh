@@ -4,7 +4,7 @@
 # "VMPATH-GUEST RESULT: PASS".
 #
 # Usage: ci/guest/run-qemu.sh [options] SOCKET [extra qemu args...]
-#        ci/guest/run-qemu.sh [options] --nvmf PORT,SUBNQN,HOSTNQN [- [extra qemu args...]]
+#        ci/guest/run-qemu.sh [options] --nvmf PORT[:PORT...],SUBNQN,HOSTNQN [- [extra qemu args...]]
 #   --mode basic|restart|stamp|check-stamp   guest test mode (default basic)
 #   --restart-cmd CMD   restart mode: shell command run on the host once the guest has written its
 #                       data and is doing I/O; it must kill the target and return once the new one
@@ -17,10 +17,11 @@
 #                       newest kept)
 #   --append ARGS       extra kernel command line (e.g. vmpath.discard=any)
 #   --quiet             do not echo the serial console to stdout
-#   --nvmf PORT,SUBNQN,HOSTNQN  the guest is a Linux NVMe/TCP host instead (or as well, with a
-#                       SOCKET): QEMU user networking, the guest kernel's nvme_tcp connects to
-#                       127.0.0.1:PORT of this machine as HOSTNQN; test its namespace with
-#                       --append "vmpath.disks=nvme0n1 ..."; SOCKET may then be "-" (none)
+#   --nvmf PORT[:PORT...],SUBNQN,HOSTNQN  the guest is a Linux NVMe/TCP host instead (or as
+#                       well, with a SOCKET): QEMU user networking, the guest kernel's nvme_tcp
+#                       connects to 127.0.0.1:PORT of this machine as HOSTNQN, once per port;
+#                       test its namespace with --append "vmpath.disks=nvme0n1 ..."; SOCKET may
+#                       then be "-" (none)
 # Exit status: 0 PASS, 1 FAIL or timeout, 2 usage/setup error.
 set -euo pipefail
 

@@ -4,7 +4,9 @@
 //! survives a SIGKILL + restart of vmpathd with I/O in flight (QEMU `reconnect=1`, inflight
 //! region) with no error and no acknowledged write lost. The same guest as a Linux NVMe/TCP host
 //! (the kernel's own `nvme_tcp` driver) runs the same checks on a namespace exported by
-//! vmpathd, its I/O scheduled as the VM its host NQN is bound to. Needs root (the initramfs
+//! vmpathd, its I/O scheduled as the VM its host NQN is bound to; and, connected through two
+//! portals with native multipath, keeps writing and verifying while one portal turns ANA
+//! inaccessible and is then removed (its connections cut). Needs root (the initramfs
 //! build) and Debian's package mirrors for the first build; CI has both.
 
 mod common;
@@ -246,4 +248,109 @@ fn a_linux_nvme_tcp_host_is_scheduled_as_its_bound_vm() {
     assert!(ios >= 100, "bound VM saw only {ios} I/Os: {bound}");
     assert_eq!(owner[0]["dispatched_ios"], 0, "{owner}");
     assert_eq!(bound[0]["hosts"], json!([GUEST_HOSTNQN]));
+}
+
+fn multipath_config(p1: u16, p2: u16) -> String {
+    nvmf_config(p1).replace(
+        "[[host]]",
+        &format!(
+            "[[nvmf_subsystem.listener]]\ntraddr = \"127.0.0.1\"\ntrsvcid = \"{p2}\"\n[[host]]"
+        ),
+    )
+}
+
+#[test]
+fn a_linux_multipath_host_rides_through_an_ana_flip_and_a_portal_cut() {
+    let _serial = serial();
+    let (p1, p2) = (free_port(), free_port());
+    let d = Vmpathd::builder().config(&multipath_config(p1, p2)).start();
+    let dir = tempfile::Builder::new()
+        .prefix("vmpath-mpath")
+        .tempdir()
+        .unwrap();
+    let (flip, done) = (dir.path().join("flip"), dir.path().join("done"));
+    let serial_log = dir.path().join("serial.log");
+    // The guest's "restart" hook: ask this test to cut portal 1, wait until it has.
+    let hook = format!(
+        "touch {f}; i=0; while [ ! -e {d} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; [ -e {d} ]",
+        f = flip.display(),
+        d = done.display()
+    );
+    let t0 = Instant::now();
+    let mut guest = Command::new("bash")
+        .arg(repo().join("ci/guest/test-against.sh"))
+        .arg("--quiet")
+        .arg("--log")
+        .arg(&serial_log)
+        .arg("--mode")
+        .arg("restart")
+        .arg("--restart-cmd")
+        .arg(&hook)
+        .arg("--nvmf")
+        .arg(format!("{p1}:{p2},{SUBNQN},{GUEST_HOSTNQN}"))
+        // The multipath head node is bio-based: no blk-mq queues to count.
+        .arg("--append")
+        .arg("vmpath.disks=nvme0n1 vmpath.min_queues=0")
+        .arg("-")
+        .spawn()
+        .unwrap();
+    let portal = json!({"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": p1.to_string()});
+    let mut cut = false;
+    let status = loop {
+        if let Some(st) = guest.try_wait().unwrap() {
+            break st;
+        }
+        if !cut && flip.exists() {
+            // Under guest I/O on both paths: portal 1 turns inaccessible (ANA change AEN; its
+            // commands fail with an ANA status and are retried on portal 2), then it is removed.
+            d.call(
+                "nvmf_subsystem_listener_set_ana_state",
+                json!({"nqn": SUBNQN, "listen_address": portal, "ana_state": "inaccessible"}),
+            );
+            std::thread::sleep(Duration::from_millis(1000));
+            d.call(
+                "nvmf_subsystem_remove_listener",
+                json!({"nqn": SUBNQN, "listen_address": portal}),
+            );
+            std::fs::write(&done, b"").unwrap();
+            cut = true;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(400),
+            "guest never finished"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "Linux multipath host across an ANA flip and a portal cut: {:?} in {:.1}s",
+        status.code(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(cut, "the guest never asked for the cut");
+    assert!(
+        status.success(),
+        "the Linux host saw an error or lost data when portal 1 went away; daemon log:\n{}",
+        d.log()
+    );
+    // The Linux host did lose its controller on portal 1 (it keeps trying to reconnect) and
+    // finished on portal 2.
+    let log = read_log(&serial_log).replace('\r', "");
+    let at_end: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" at the end: "))
+        .collect();
+    eprintln!("{}", at_end.join("\n"));
+    let state_of = |port: u16| {
+        at_end
+            .iter()
+            .find(|l| {
+                let want = format!("trsvcid={port}");
+                l.split([',', ' ']).any(|t| t == want)
+            })
+            .and_then(|l| l.rsplit("state ").next())
+            .map(str::trim)
+    };
+    assert_eq!(state_of(p2), Some("live"), "{at_end:?}");
+    let s1 = state_of(p1);
+    assert!(s1.is_some() && s1 != Some("live"), "{at_end:?}");
 }
