@@ -88,6 +88,15 @@ exit 1
     script
 }
 
+/// `ci/guest/test-against.sh --quiet`: builds the guest (cached) and boots it; the caller adds
+/// the target and the mode.
+fn guest_test() -> Command {
+    let mut c = Command::new("bash");
+    c.arg(repo().join("ci/guest/test-against.sh"))
+        .arg("--quiet");
+    c
+}
+
 struct Daemon(PathBuf);
 
 impl Drop for Daemon {
@@ -123,15 +132,9 @@ fn linux_guest_on_a_vmpath_disk_survives_a_target_restart() {
         read_log(&d.join("vmpathd.log"))
     );
     let sock = d.join("guest1.sock");
-    let harness = repo().join("ci/guest/test-against.sh");
 
     let t0 = Instant::now();
-    let basic = Command::new("bash")
-        .arg(&harness)
-        .arg("--quiet")
-        .arg(&sock)
-        .status()
-        .unwrap();
+    let basic = guest_test().arg(&sock).status().unwrap();
     eprintln!(
         "basic guest test: {:?} in {:.1}s",
         basic.code(),
@@ -144,9 +147,7 @@ fn linux_guest_on_a_vmpath_disk_survives_a_target_restart() {
     );
 
     let t0 = Instant::now();
-    let restart = Command::new("bash")
-        .arg(&harness)
-        .arg("--quiet")
+    let restart = guest_test()
         .arg("--mode")
         .arg("restart")
         .arg("--restart-cmd")
@@ -216,9 +217,7 @@ fn a_linux_nvme_tcp_host_is_scheduled_as_its_bound_vm() {
     let t0 = Instant::now();
     // nvme_core.multipath=N: the namespace is the plain blk-mq disk whose queues and
     // counters the guest test reads (a native-multipath head node has neither).
-    let status = Command::new("bash")
-        .arg(repo().join("ci/guest/test-against.sh"))
-        .arg("--quiet")
+    let status = guest_test()
         .arg("--nvmf")
         .arg(format!("{port},{SUBNQN},{GUEST_HOSTNQN}"))
         .arg("--append")
@@ -277,9 +276,7 @@ fn a_linux_multipath_host_rides_through_an_ana_flip_and_a_portal_cut() {
         d = done.display()
     );
     let t0 = Instant::now();
-    let mut guest = Command::new("bash")
-        .arg(repo().join("ci/guest/test-against.sh"))
-        .arg("--quiet")
+    let mut guest = guest_test()
         .arg("--log")
         .arg(&serial_log)
         .arg("--mode")
