@@ -192,8 +192,9 @@ add_module() {
   for dep in $(modinfo_depends "$ko"); do add_module "$dep"; done
   MOD_ORDER+=("$ko")
 }
-# virtio_net and nvme_tcp: the guest can also be a Linux NVMe/TCP host (run-qemu.sh --nvmf).
-for m in virtio_pci virtio_blk virtio_net nvme_tcp; do add_module "$m"; done
+# virtio_net and nvme_tcp: the guest can also be a Linux NVMe/TCP host (run-qemu.sh --nvmf);
+# crc32c_generic: its header and data digests (loaded by hand, there is no modprobe).
+for m in virtio_pci virtio_blk virtio_net nvme_tcp crc32c_generic; do add_module "$m"; done
 
 # ---------------------------------------------------------------- busybox
 BBDEB=$(deb_of busybox-static)

@@ -18,6 +18,7 @@
 #                                                 host's loopback) as HOSTNQN, once per port (one
 #                                                 controller each: multipath); the namespace shows
 #                                                 up as nvme0n1 (test it with vmpath.disks=nvme0n1)
+#   vmpath.nvmf_opts=OPT[,OPT...]                 more connect options, e.g. hdr_digest,data_digest
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -71,13 +72,14 @@ if [ -n "$nvmf" ]; then
   rest="${nvmf#*,}"
   subnqn="${rest%%,*}"
   hostnqn="${rest#*,}"
+  opts="$(param nvmf_opts '')"
   ip link set lo up && ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 ||
     result "FAIL (cannot bring up eth0 for NVMe/TCP)"
   [ -c /dev/nvme-fabrics ] || result "FAIL (no /dev/nvme-fabrics: nvme_fabrics not loaded)"
   for port in $(echo "$ports" | tr ':' ' '); do
     i=0
     # The NVMe/TCP connect: the kernel's own host driver (nvme_tcp) against the target.
-    until echo "transport=tcp,traddr=10.0.2.2,trsvcid=$port,nqn=$subnqn,hostnqn=$hostnqn" \
+    until echo "transport=tcp,traddr=10.0.2.2,trsvcid=$port,nqn=$subnqn,hostnqn=$hostnqn${opts:+,$opts}" \
       >/dev/nvme-fabrics 2>/tmp/nvmf.err; do
       i=$((i + 1))
       [ "$i" -ge 20 ] && result "FAIL (NVMe/TCP connect to 10.0.2.2:$port failed: $(cat /tmp/nvmf.err))"

@@ -216,12 +216,16 @@ fn a_linux_nvme_tcp_host_is_scheduled_as_its_bound_vm() {
     let d = Vmpathd::builder().config(&nvmf_config(port)).start();
     let t0 = Instant::now();
     // nvme_core.multipath=N: the namespace is the plain blk-mq disk whose queues and
-    // counters the guest test reads (a native-multipath head node has neither).
+    // counters the guest test reads (a native-multipath head node has neither). Header and
+    // data digests on: Linux checks the CRC32C of every PDU the target sends.
     let status = guest_test()
         .arg("--nvmf")
         .arg(format!("{port},{SUBNQN},{GUEST_HOSTNQN}"))
         .arg("--append")
-        .arg("vmpath.disks=nvme0n1 vmpath.min_queues=1 nvme_core.multipath=N")
+        .arg(
+            "vmpath.disks=nvme0n1 vmpath.min_queues=1 nvme_core.multipath=N \
+             vmpath.nvmf_opts=hdr_digest,data_digest",
+        )
         .arg("-")
         .status()
         .unwrap();
