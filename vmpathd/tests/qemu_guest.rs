@@ -265,7 +265,10 @@ fn multipath_config(p1: u16, p2: u16) -> String {
 #[test]
 fn a_linux_multipath_host_rides_through_an_ana_flip_and_a_portal_cut() {
     let _serial = serial();
-    let (p1, p2) = (free_port(), free_port());
+    let p1 = free_port();
+    let p2 = std::iter::repeat_with(free_port)
+        .find(|&p| p != p1)
+        .unwrap();
     let d = Vmpathd::builder().config(&multipath_config(p1, p2)).start();
     let dir = tempfile::Builder::new()
         .prefix("vmpath-mpath")
