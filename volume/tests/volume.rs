@@ -127,6 +127,22 @@ fn volume_must_fit_its_storage() {
     assert_eq!(v.info().num_blocks, 96);
 }
 
+/// One VM per spec, each with a volume over the whole of `m0`, and their channels on this
+/// thread (installed as reactor 0).
+fn vm_channels(mgr: &Arc<VolumeManager>, specs: Vec<VmSpec>) -> Vec<Box<dyn IoChannel>> {
+    let s = mgr.scheduler().clone();
+    let mut vols = Vec::new();
+    for (i, spec) in specs.into_iter().enumerate() {
+        let vm = s.create_vm(spec).unwrap();
+        vols.push(
+            mgr.create_volume(&format!("v{i}"), vm, &["m0".into()], 0, None)
+                .unwrap(),
+        );
+    }
+    mgr.install_on_thread(0).unwrap();
+    vols.iter().map(|v| v.open_channel().unwrap()).collect()
+}
+
 /// Keeps `qd` 4 KiB reads outstanding on each channel for `secs` of simulated time; returns
 /// completions per channel.
 fn drive(chans: &mut [Box<dyn IoChannel>], qd: usize, secs: f64) -> Vec<u64> {
@@ -185,23 +201,17 @@ fn shares_split_a_saturated_device() {
         },
         4,
     );
-    let s = mgr.scheduler().clone();
-    let mut chans = Vec::new();
     let shares = [3000u32, 1000, 500];
-    let mut vols = Vec::new();
-    for (i, sh) in shares.iter().enumerate() {
-        let mut spec = VmSpec::new(format!("vm{i}"));
-        spec.shares = *sh;
-        let vm = s.create_vm(spec).unwrap();
-        vols.push(
-            mgr.create_volume(&format!("v{i}"), vm, &["m0".into()], 0, None)
-                .unwrap(),
-        );
-    }
-    mgr.install_on_thread(0).unwrap();
-    for v in &vols {
-        chans.push(v.open_channel().unwrap());
-    }
+    let specs = shares
+        .iter()
+        .enumerate()
+        .map(|(i, sh)| {
+            let mut spec = VmSpec::new(format!("vm{i}"));
+            spec.shares = *sh;
+            spec
+        })
+        .collect();
+    let mut chans = vm_channels(&mgr, specs);
     let done = drive(&mut chans, 32, 1.0);
     eprintln!("completions per VM over 1 s: {done:?}");
     let total: u64 = done.iter().sum();
@@ -229,7 +239,6 @@ fn limits_and_reservations_hold_on_a_shared_device() {
         },
         4,
     );
-    let s = mgr.scheduler().clone();
     let mut limited = VmSpec::new("limited");
     limited.limit = RateSpec {
         iops: Some(2_000),
@@ -242,16 +251,7 @@ fn limits_and_reservations_hold_on_a_shared_device() {
         mbps: None,
     };
     let big = VmSpec::new("big");
-    let mut vols = Vec::new();
-    for (i, spec) in [limited, reserved, big].into_iter().enumerate() {
-        let vm = s.create_vm(spec).unwrap();
-        vols.push(
-            mgr.create_volume(&format!("v{i}"), vm, &["m0".into()], 0, None)
-                .unwrap(),
-        );
-    }
-    mgr.install_on_thread(0).unwrap();
-    let mut chans: Vec<_> = vols.iter().map(|v| v.open_channel().unwrap()).collect();
+    let mut chans = vm_channels(&mgr, vec![limited, reserved, big]);
     let done = drive(&mut chans, 32, 1.0);
     eprintln!("completions per VM over 1 s: {done:?}");
     assert!(done[0] <= 2_001, "limit exceeded: {done:?}");
@@ -322,7 +322,6 @@ fn mixed_shares_limit_and_reservation_on_one_device() {
         },
         8,
     );
-    let s = mgr.scheduler().clone();
     let mut specs = Vec::new();
     let mut gold = VmSpec::new("gold");
     gold.shares = 2000;
@@ -344,16 +343,7 @@ fn mixed_shares_limit_and_reservation_on_one_device() {
         mbps: None,
     };
     specs.push(floor);
-    let mut vols = Vec::new();
-    for (i, spec) in specs.into_iter().enumerate() {
-        let vm = s.create_vm(spec).unwrap();
-        vols.push(
-            mgr.create_volume(&format!("v{i}"), vm, &["m0".into()], 0, None)
-                .unwrap(),
-        );
-    }
-    mgr.install_on_thread(0).unwrap();
-    let mut chans: Vec<_> = vols.iter().map(|v| v.open_channel().unwrap()).collect();
+    let mut chans = vm_channels(&mgr, specs);
     let done = drive(&mut chans, 32, 1.0);
     eprintln!("mixed: {done:?}");
     let want = [17333.0, 8667.0, 4000.0, 10000.0];
