@@ -10,19 +10,14 @@ use vmpath_bdev::BlockDevice;
 use vmpath_tests::load::VerifiedLoad;
 use vmpath_tests::target::{TestTarget, NQN};
 
+/// The shared failover timers, with more patience for I/O, admin commands and connects.
 fn opts() -> CtrlOptions {
     CtrlOptions {
-        keep_alive_timeout_ms: 1000,
         io_timeout_us: 500_000,
         admin_timeout_ms: 1000,
         connect_timeout_ms: 1000,
         reconnect_delay_ms: 100,
-        ctrlr_loss_timeout_ms: -1,
-        fast_io_fail_timeout_ms: -1,
-        write_fence_grace_ms: 300,
-        io_queue_depth: 64,
-        hdgst: false,
-        ddgst: false,
+        ..vmpath_tests::fast_failover_opts()
     }
 }
 
