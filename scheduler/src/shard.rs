@@ -251,6 +251,18 @@ fn claim_checked(tag: &AtomicU64, inc: u64, floor: u64, now: u64) -> Result<(), 
     }
 }
 
+/// Raises a (wrapping) tag to at least `v`.
+#[inline]
+fn raise(tag: &AtomicU64, v: u64) {
+    let mut cur = tag.load(Relaxed);
+    while before(cur, v) {
+        match tag.compare_exchange_weak(cur, v, Relaxed, Relaxed) {
+            Ok(_) => break,
+            Err(x) => cur = x,
+        }
+    }
+}
+
 /// Advances a tag unconditionally: `max(old, floor) + inc`.
 #[inline]
 fn advance(tag: &AtomicU64, inc: u64, floor: u64) {
@@ -784,6 +796,13 @@ impl Shard {
         }
     }
 
+    /// How far one request of `bytes` moves VM `i`'s proportional tag: its cost
+    /// (`io_cost_bytes + bytes` in 512-byte units) × 2^30 / shares.
+    #[inline]
+    fn share_inc(&self, i: usize, bytes: u32) -> u64 {
+        (self.d.io_cost_bytes + u64::from(bytes)).div_ceil(512) * self.vms[i].p.p_inv
+    }
+
     /// Claims the head's proportional start tag and advances the VM's finish tag by
     /// cost / shares. A head that directly follows its predecessor keeps the finish tag
     /// (SFQ); one that waited for its VM's limit keeps it too, but no further than
@@ -791,11 +810,9 @@ impl Shard {
     /// idling, a path wait, a suspension) starts no earlier than virtual time: an idle VM
     /// cannot bank credit.
     fn claim_start(&self, i: usize, bytes: u32) -> u64 {
+        let inc = self.share_inc(i, bytes);
         let l = &self.vms[i];
-        let p = &l.p;
-        let sectors = (self.d.io_cost_bytes + u64::from(bytes)).div_ceil(512);
-        let inc = sectors * p.p_inv;
-        let c = usize::from(p.class);
+        let c = usize::from(l.p.class);
         let floor = match l.gap {
             Gap::Cont => None,
             Gap::Limit => Some(self.limit_floor(c, inc)),
@@ -836,21 +853,13 @@ impl Shard {
     /// further behind virtual time than `LIMIT_LAG` of its increments; the VM's finish
     /// tag moves with it.
     fn rebase_start(&mut self, i: usize, c: usize, bytes: u32) {
-        let inc = (self.d.io_cost_bytes + u64::from(bytes)).div_ceil(512) * self.vms[i].p.p_inv;
+        let inc = self.share_inc(i, bytes);
         let f = self.limit_floor(c, inc);
         let l = &mut self.vms[i];
         if before(l.start, f) {
             l.start = f;
             // The finish tag is at least this head's: later heads follow it.
-            let fin = f.wrapping_add(inc);
-            let tag = &self.s.vms[i].tags.p;
-            let mut old = tag.load(Relaxed);
-            while before(old, fin) {
-                match tag.compare_exchange_weak(old, fin, Relaxed, Relaxed) {
-                    Ok(_) => break,
-                    Err(o) => old = o,
-                }
-            }
+            raise(&self.s.vms[i].tags.p, f.wrapping_add(inc));
         }
     }
 
@@ -1253,14 +1262,7 @@ impl Shard {
             self.refresh_tmin();
         }
         if let Some(v) = self.v_max.take() {
-            let g = &self.s.vtime;
-            let mut cur = g.load(Relaxed);
-            while before(cur, v) {
-                match g.compare_exchange_weak(cur, v, Relaxed, Relaxed) {
-                    Ok(_) => break,
-                    Err(x) => cur = x,
-                }
-            }
+            raise(&self.s.vtime, v);
         }
         out.len() - first
     }
@@ -1356,10 +1358,8 @@ impl Shard {
     fn gated_by_others(&self, class: usize, i: usize, key: u64) -> bool {
         let slack = self.d.slack_v;
         let own_slack = || {
-            let l = &self.vms[i];
-            let bytes = l.queue.front().map_or(0, |e| e.bytes);
-            let inc = (self.d.io_cost_bytes + u64::from(bytes)).div_ceil(512) * l.p.p_inv;
-            slack.saturating_add(inc.saturating_mul(SELF_AHEAD))
+            let bytes = self.vms[i].queue.front().map_or(0, |e| e.bytes);
+            slack.saturating_add(self.share_inc(i, bytes).saturating_mul(SELF_AHEAD))
         };
         let class = class as u32 + 1;
         for &(oc, vm, k) in &self.gate {
