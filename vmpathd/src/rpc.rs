@@ -62,6 +62,17 @@ struct SaveConfigParams {
     filename: Option<String>,
 }
 
+type Call = fn(&State, &str, Option<Value>) -> Option<Result<Value, RpcError>>;
+
+/// The RPC modules: their method lists (in `rpc_get_methods` order) and handlers.
+const MODULES: &[(&[&str], Call)] = &[
+    (crate::vm_rpc::METHODS, crate::vm_rpc::call),
+    (crate::hosts::METHODS, crate::hosts::call),
+    (crate::vhost_rpc::METHODS, crate::vhost_rpc::call),
+    (crate::nvme_rpc::METHODS, crate::nvme_rpc::call),
+    (crate::nvmf_rpc::METHODS, crate::nvmf_rpc::call),
+];
+
 pub(crate) fn no_params(params: &Option<Value>) -> Result<(), RpcError> {
     match params {
         None | Some(Value::Null) => Ok(()),
@@ -261,32 +272,18 @@ impl RpcHandler for Handler {
             }
             "save_config" => self.save_config(params),
             // Every other method belongs to one module, found by its method list.
-            m => {
-                type Call = fn(&State, &str, Option<Value>) -> Option<Result<Value, RpcError>>;
-                let modules: [(&[&str], Call); 5] = [
-                    (crate::nvme_rpc::METHODS, crate::nvme_rpc::call),
-                    (crate::nvmf_rpc::METHODS, crate::nvmf_rpc::call),
-                    (crate::vm_rpc::METHODS, crate::vm_rpc::call),
-                    (crate::hosts::METHODS, crate::hosts::call),
-                    (crate::vhost_rpc::METHODS, crate::vhost_rpc::call),
-                ];
-                modules
-                    .iter()
-                    .find(|(methods, _)| methods.contains(&m))
-                    .and_then(|(_, call)| call(&self.state, m, params))
-                    .unwrap_or_else(|| Err(RpcError::method_not_found(m)))
-            }
+            m => MODULES
+                .iter()
+                .find(|(methods, _)| methods.contains(&m))
+                .and_then(|(_, call)| call(&self.state, m, params))
+                .unwrap_or_else(|| Err(RpcError::method_not_found(m))),
         }
     }
 
     fn methods(&self) -> Vec<String> {
         METHODS
             .iter()
-            .chain(crate::vm_rpc::METHODS)
-            .chain(crate::hosts::METHODS)
-            .chain(crate::vhost_rpc::METHODS)
-            .chain(crate::nvme_rpc::METHODS)
-            .chain(crate::nvmf_rpc::METHODS)
+            .chain(MODULES.iter().flat_map(|(methods, _)| methods.iter()))
             .map(|s| s.to_string())
             .collect()
     }
