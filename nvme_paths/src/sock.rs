@@ -56,13 +56,6 @@ fn timeout_ms(timeout: Duration) -> i32 {
     timeout.as_millis().min(i32::MAX as u128) as i32
 }
 
-/// Waits until `fd` is readable (or `timeout` passes). Returns true if readable.
-pub fn poll_readable(fd: RawFd, timeout: Duration) -> bool {
-    let mut ready = Vec::with_capacity(1);
-    sys::poll_readable(&[fd], timeout_ms(timeout), &mut ready);
-    ready.first() == Some(&true)
-}
-
 /// Waits for any of `fds` to be readable, up to `timeout`.
 pub fn poll_any(fds: &[RawFd], timeout: Duration) {
     let mut ready = Vec::with_capacity(fds.len());
@@ -201,7 +194,10 @@ impl TcpQpair {
             if now >= deadline {
                 return Err(QpairError::Transport("no ICResp in time".into()));
             }
-            poll_readable(self.fd(), (deadline - now).min(Duration::from_millis(50)));
+            poll_any(
+                &[self.fd()],
+                (deadline - now).min(Duration::from_millis(50)),
+            );
         }
         Ok(())
     }
@@ -240,7 +236,10 @@ impl TcpQpair {
                     elapsed_ms: 0,
                 });
             }
-            poll_readable(self.fd(), (deadline - now).min(Duration::from_millis(20)));
+            poll_any(
+                &[self.fd()],
+                (deadline - now).min(Duration::from_millis(20)),
+            );
         }
     }
 

@@ -211,16 +211,13 @@ impl Conn {
     /// namespaces, ANA state changes). One atomic load per poll when nothing changed.
     pub(crate) fn refresh_routes(&mut self, env: &mut Env<'_>) {
         // Fast path (every poll): one atomic load, no reference-count traffic.
-        match &self.subsys {
-            Some(sub) if sub.generation() != self.ns_gen => {}
+        let sub = match &self.subsys {
+            Some(sub) if sub.generation() != self.ns_gen => sub.clone(),
             _ => return,
-        }
-        let Some(sub) = self.subsys.clone() else {
-            return;
         };
         let snap = sub.snapshot();
         let factory = self.shared.admission();
-        let hostnqn = self.q.as_ref().map(|q| q.ctrl.hostnqn().to_string());
+        let hostnqn = self.q.as_ref().map(|q| q.ctrl.hostnqn());
         let max = snap
             .namespaces
             .last()
