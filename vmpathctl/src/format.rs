@@ -27,7 +27,22 @@ impl FormatError {
     }
 }
 
-fn view<T: DeserializeOwned>(what: &'static str, result: &Value) -> Result<T, FormatError> {
+/// Sets `m[k]` to `v` when there is one (optional request parameters).
+pub(crate) fn put<T: serde::Serialize>(
+    m: &mut serde_json::Map<String, Value>,
+    k: &str,
+    v: Option<T>,
+) {
+    if let Some(v) = v {
+        m.insert(k.into(), serde_json::json!(v));
+    }
+}
+
+/// Deserializes an RPC result for display; a shape error names the method.
+pub(crate) fn view<T: DeserializeOwned>(
+    what: &'static str,
+    result: &Value,
+) -> Result<T, FormatError> {
     T::deserialize(result).map_err(|e| FormatError {
         what,
         reason: e.to_string(),

@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use crate::format::{human_bytes, Align, FormatError, Table};
+use crate::format::{human_bytes, put, Align, FormatError, Table};
 
 /// NVMe host subcommands (flattened into the main command list).
 #[derive(Debug, Subcommand)]
@@ -82,26 +82,12 @@ pub struct TimerArgs {
     pub io_queue_depth: Option<u16>,
 }
 
-fn put(m: &mut Map<String, Value>, k: &str, v: Option<Value>) {
-    if let Some(v) = v {
-        m.insert(k.into(), v);
-    }
-}
-
 impl TimerArgs {
     fn fill(&self, m: &mut Map<String, Value>) {
         self.timers.fill(m);
-        put(
-            m,
-            "timeout_admin_ms",
-            self.timeout_admin_ms.map(|v| json!(v)),
-        );
-        put(
-            m,
-            "write_fence_grace_ms",
-            self.write_fence_grace_ms.map(|v| json!(v)),
-        );
-        put(m, "io_queue_depth", self.io_queue_depth.map(|v| json!(v)));
+        put(m, "timeout_admin_ms", self.timeout_admin_ms);
+        put(m, "write_fence_grace_ms", self.write_fence_grace_ms);
+        put(m, "io_queue_depth", self.io_queue_depth);
     }
 }
 
@@ -167,32 +153,14 @@ pub struct AttachTimers {
 
 impl AttachTimers {
     fn fill(&self, m: &mut Map<String, Value>) {
-        let opt = |v: Option<i64>| v.map(|v| json!(v));
-        let optu = |v: Option<u64>| v.map(|v| json!(v));
-        put(
-            m,
-            "ctrlr_loss_timeout_sec",
-            opt(self.ctrlr_loss_timeout_sec),
-        );
-        put(m, "ctrlr_loss_timeout_ms", opt(self.ctrlr_loss_timeout_ms));
-        put(m, "reconnect_delay_sec", optu(self.reconnect_delay_sec));
-        put(m, "reconnect_delay_ms", optu(self.reconnect_delay_ms));
-        put(
-            m,
-            "fast_io_fail_timeout_sec",
-            opt(self.fast_io_fail_timeout_sec),
-        );
-        put(
-            m,
-            "fast_io_fail_timeout_ms",
-            opt(self.fast_io_fail_timeout_ms),
-        );
-        put(
-            m,
-            "keep_alive_timeout_ms",
-            self.keep_alive_timeout_ms.map(|v| json!(v)),
-        );
-        put(m, "timeout_us", optu(self.timeout_us));
+        put(m, "ctrlr_loss_timeout_sec", self.ctrlr_loss_timeout_sec);
+        put(m, "ctrlr_loss_timeout_ms", self.ctrlr_loss_timeout_ms);
+        put(m, "reconnect_delay_sec", self.reconnect_delay_sec);
+        put(m, "reconnect_delay_ms", self.reconnect_delay_ms);
+        put(m, "fast_io_fail_timeout_sec", self.fast_io_fail_timeout_sec);
+        put(m, "fast_io_fail_timeout_ms", self.fast_io_fail_timeout_ms);
+        put(m, "keep_alive_timeout_ms", self.keep_alive_timeout_ms);
+        put(m, "timeout_us", self.timeout_us);
     }
 }
 

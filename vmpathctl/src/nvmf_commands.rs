@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::format::{Align, FormatError, Table};
+use crate::format::{put, Align, FormatError, Table};
 
 /// NVMe-oF target subcommands (flattened into the main command list).
 #[derive(Debug, Subcommand)]
@@ -146,21 +146,15 @@ impl ListenerArgs {
     fn params(&self, with_ana: bool) -> Value {
         let mut addr = Map::new();
         addr.insert("trtype".into(), json!(self.trtype));
-        if let Some(f) = &self.adrfam {
-            addr.insert("adrfam".into(), json!(f));
-        }
+        put(&mut addr, "adrfam", self.adrfam.as_ref());
         addr.insert("traddr".into(), json!(self.traddr));
         addr.insert("trsvcid".into(), json!(self.trsvcid));
         let mut m = Map::new();
         m.insert("nqn".into(), json!(self.nqn));
         m.insert("listen_address".into(), Value::Object(addr));
         if with_ana {
-            if let Some(s) = &self.ana_state {
-                m.insert("ana_state".into(), json!(s));
-            }
-            if let Some(g) = self.anagrpid {
-                m.insert("anagrpid".into(), json!(g));
-            }
+            put(&mut m, "ana_state", self.ana_state.as_ref());
+            put(&mut m, "anagrpid", self.anagrpid);
         }
         Value::Object(m)
     }
@@ -178,12 +172,8 @@ impl NvmfCommand {
             } => {
                 let mut m = Map::new();
                 m.insert("nqn".into(), json!(nqn));
-                if let Some(s) = serial_number {
-                    m.insert("serial_number".into(), json!(s));
-                }
-                if let Some(s) = model_number {
-                    m.insert("model_number".into(), json!(s));
-                }
+                put(&mut m, "serial_number", serial_number.as_ref());
+                put(&mut m, "model_number", model_number.as_ref());
                 if *allow_any_host {
                     m.insert("allow_any_host".into(), json!(true));
                 }
@@ -200,12 +190,8 @@ impl NvmfCommand {
             } => {
                 let mut ns = Map::new();
                 ns.insert("bdev_name".into(), json!(bdev_name));
-                if let Some(n) = nsid {
-                    ns.insert("nsid".into(), json!(n));
-                }
-                if let Some(g) = anagrpid {
-                    ns.insert("anagrpid".into(), json!(g));
-                }
+                put(&mut ns, "nsid", nsid.as_ref());
+                put(&mut ns, "anagrpid", anagrpid.as_ref());
                 (
                     "nvmf_subsystem_add_ns",
                     Some(json!({ "nqn": nqn, "namespace": ns })),
@@ -295,8 +281,7 @@ struct PortalView {
 
 /// One table row per subsystem: namespaces, portals with ANA state, hosts, controllers.
 pub fn subsystems(result: &Value) -> Result<String, FormatError> {
-    let subs: Vec<Sub> = serde_json::from_value(result.clone())
-        .map_err(|e| FormatError::new("nvmf_get_subsystems", e.to_string()))?;
+    let subs: Vec<Sub> = crate::format::view("nvmf_get_subsystems", result)?;
     let mut t = Table::new(&[
         ("NQN", Align::Left),
         ("TYPE", Align::Left),

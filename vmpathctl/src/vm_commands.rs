@@ -3,7 +3,7 @@
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use crate::format::{human_bytes, Align, FormatError, Table};
+use crate::format::{human_bytes, put, Align, FormatError, Table};
 
 /// VM, path and volume subcommands (flattened into the main command list).
 #[derive(Debug, Subcommand)]
@@ -209,17 +209,11 @@ pub struct QosFlags {
 
 impl QosFlags {
     fn fill(&self, m: &mut Map<String, Value>) {
-        if let Some(s) = self.shares {
-            m.insert("shares".into(), json!(s));
-        }
+        put(m, "shares", self.shares);
         let rate = |iops: Option<u64>, mbps: Option<u64>| {
             let mut r = Map::new();
-            if let Some(i) = iops {
-                r.insert("iops".into(), json!(i));
-            }
-            if let Some(b) = mbps {
-                r.insert("mbps".into(), json!(b));
-            }
+            put(&mut r, "iops", iops);
+            put(&mut r, "mbps", mbps);
             Value::Object(r)
         };
         if self.reservation_iops.is_some() || self.reservation_mbps.is_some() {
@@ -231,12 +225,8 @@ impl QosFlags {
         if self.limit_iops.is_some() || self.limit_mbps.is_some() {
             m.insert("limit".into(), rate(self.limit_iops, self.limit_mbps));
         }
-        if let Some(p) = &self.priority {
-            m.insert("priority".into(), json!(p));
-        }
-        if let Some(f) = &self.failover {
-            m.insert("failover".into(), json!(f));
-        }
+        put(m, "priority", self.priority.as_ref());
+        put(m, "failover", self.failover.as_ref());
         if let Some(t) = self.fail_after_ms {
             m.insert(
                 "failover".into(),
@@ -395,12 +385,8 @@ impl VmCommand {
                 m.insert("bdev".into(), json!(a.bdev));
                 m.insert("capacity_iops".into(), json!(a.capacity_iops));
                 m.insert("capacity_mbps".into(), json!(a.capacity_mbps));
-                if let Some(w) = a.weight {
-                    m.insert("weight".into(), json!(w));
-                }
-                if let Some(q) = a.max_outstanding {
-                    m.insert("max_outstanding".into(), json!(q));
-                }
+                put(&mut m, "weight", a.weight);
+                put(&mut m, "max_outstanding", a.max_outstanding);
                 ("sched_path_add".into(), Some(Value::Object(m)))
             }
             VmCommand::SchedPathRemove { name } => name_only("sched_path_remove", name),
@@ -415,9 +401,7 @@ impl VmCommand {
                 m.insert("vm".into(), json!(a.vm));
                 m.insert("paths".into(), json!(a.paths));
                 m.insert("offset_blocks".into(), json!(a.offset_blocks));
-                if let Some(n) = a.num_blocks {
-                    m.insert("num_blocks".into(), json!(n));
-                }
+                put(&mut m, "num_blocks", a.num_blocks);
                 ("volume_create".into(), Some(Value::Object(m)))
             }
             VmCommand::VolumeDelete { name } => name_only("volume_delete", name),
@@ -427,12 +411,8 @@ impl VmCommand {
                 m.insert("ctrlr".into(), json!(a.ctrlr));
                 m.insert("dev_name".into(), json!(a.dev_name));
                 m.insert("num_queues".into(), json!(a.num_queues));
-                if let Some(s) = &a.socket {
-                    m.insert("socket".into(), json!(s));
-                }
-                if let Some(v) = &a.vm {
-                    m.insert("vm".into(), json!(v));
-                }
+                put(&mut m, "socket", a.socket.as_ref());
+                put(&mut m, "vm", a.vm.as_ref());
                 if a.readonly {
                     m.insert("readonly".into(), json!(true));
                 }
