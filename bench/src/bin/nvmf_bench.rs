@@ -226,7 +226,6 @@ struct Load {
     echo_resp: usize,
     echo_have: usize,
     hist: LatencyHist,
-    done: u64,
 }
 
 fn now_ns(origin: Instant) -> u64 {
@@ -334,7 +333,6 @@ impl Load {
             if t >= deadline {
                 // Drain: stop submitting; the connection is dropped after this run.
                 let secs = (t - t_measure_start) as f64 / 1e9;
-                self.done += measured_done;
                 return Ok(RunResult {
                     iops: measured_done as f64 / secs.max(1e-9),
                     lat: self.hist.percentiles(),
@@ -449,8 +447,7 @@ fn run_target(
     };
     let mut load = new_load(stream, session, rw, qd, nsid, blocks, 0);
     let origin = Instant::now();
-    let warm = args.warmup_ms * 1_000_000;
-    let end = warm + (args.secs * 1e9) as u64;
+    let (warm, end) = window(args);
     let before = reactor.map(|r| r.stats());
     let r = load.run(origin, warm, end)?;
     let after = reactor.map(|r| r.stats());
@@ -490,7 +487,6 @@ fn new_load(
         echo_resp,
         echo_have: 0,
         hist: LatencyHist::new(),
-        done: 0,
     }
 }
 
@@ -504,14 +500,18 @@ fn run_echo(args: &Args, rw: Rw, qd: usize) -> Result<RunResult> {
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
         let mut load = new_load(stream, Session::default(), rw, qd, 1, 1 << 18, resp);
-        let origin = Instant::now();
-        let warm = args.warmup_ms * 1_000_000;
-        let end = warm + (args.secs * 1e9) as u64;
-        load.run(origin, warm, end)
+        let (warm, end) = window(args);
+        load.run(Instant::now(), warm, end)
     });
     stop.store(true, Ordering::Relaxed);
     let _ = server.join();
     r
+}
+
+/// When measuring starts and ends, in ns from the start of a run.
+fn window(args: &Args) -> (u64, u64) {
+    let warm = args.warmup_ms * 1_000_000;
+    (warm, warm + (args.secs * 1e9) as u64)
 }
 
 /// Request and reply sizes of the echo ceiling: a CapsuleCmd (with 4 KiB in-capsule data
@@ -534,10 +534,7 @@ fn start_echo(
     Arc<AtomicBool>,
     std::thread::JoinHandle<Result<()>>,
 )> {
-    let (req, resp) = match rw {
-        Rw::Randread => (72usize, 24 + BS as usize),
-        Rw::Randwrite => (72 + BS as usize, 24usize),
-    };
+    let (req, resp) = echo_sizes(rw);
     let l = TcpListener::bind("127.0.0.1:0")?;
     let addr = l.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -123,13 +123,8 @@ fn guests(
             },
         )?);
     }
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % DISK_BLOCKS) * 8
-    };
+    let mut rng = vmpath_bench::rng::Rng::new(0x9e37_79b9_7f4a_7c15);
+    let mut next = move || rng.below(DISK_BLOCKS) * 8;
     for d in drivers.iter_mut() {
         let q = d.queue(0);
         for _ in 0..qd {
@@ -254,7 +249,8 @@ fn main() -> Result<()> {
     let socks: Vec<_> = ctrls.iter().map(|(s, _)| s.clone()).collect();
     let (qd, load_core) = (args.qd, args.load_core);
     let counts = std::thread::spawn(move || {
-        core_affinity::set_for_current(core_affinity::CoreId { id: load_core });
+        vmpath_bench::cpu::pin_current_thread(Some(load_core))
+            .context("pinning the load generator")?;
         guests(&socks, qd, from, end)
     })
     .join()
