@@ -134,8 +134,8 @@ impl PathLoad {
     #[inline]
     pub fn has_room(&self) -> bool {
         // Signed: an unmatched completion (below zero) still leaves room.
-        (self.hot.outstanding_ios.load(Relaxed) as i32)
-            < self.cold.max_outstanding.load(Relaxed) as i32
+        let (out, max) = self.load_pair();
+        out < max
     }
 
     /// (outstanding I/Os, queue depth) as signed values for comparisons.

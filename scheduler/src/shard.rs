@@ -235,7 +235,7 @@ fn bit(p: usize) -> u64 {
 }
 
 /// Claims one limit tag: fails with the eligible time if the tag is in the future.
-/// The tag may lag `now` down to `floor` (GCRA burst tolerance, see `catchup_floor`).
+/// The tag may lag `now` down to `floor` (GCRA burst tolerance, see `claim_limits`).
 #[inline]
 fn claim_checked(tag: &AtomicU64, inc: u64, floor: u64, now: u64) -> Result<(), u64> {
     let mut old = tag.load(Relaxed);
@@ -1237,14 +1237,14 @@ impl Shard {
         self.gated = false;
         if self.pending_mask != 0 {
             let s = Arc::clone(&self.s);
-            let opt = s.opt_mask.load(Relaxed);
-            let usable = opt | s.nonopt_mask.load(Relaxed);
+            // The epoch-cached masks: `sync` above brought them up to date.
+            let (opt, usable) = (self.opt, self.opt | self.non);
             let rot = self.rot % 64;
             self.rot = self.rot.wrapping_add(1);
-            let mut m = usable.rotate_right(rot);
-            while m != 0 && out.len() < limit {
-                let p = ((m.trailing_zeros() + rot) % 64) as usize;
-                m &= m - 1;
+            for p in rotated(usable, rot) {
+                if out.len() >= limit {
+                    break;
+                }
                 if p >= MAX_PATHS {
                     continue;
                 }
@@ -1258,8 +1258,6 @@ impl Shard {
 
         if self.multi {
             self.publish(now);
-        } else {
-            self.refresh_tmin();
         }
         if let Some(v) = self.v_max.take() {
             raise(&self.s.vtime, v);
@@ -1572,7 +1570,7 @@ impl Shard {
     }
 
     /// Per class, the smallest start tag waiting on this shard (from the per-target
-    /// minima kept by [`Shard::refresh_tmin`] / [`Shard::publish`]).
+    /// minima kept by [`Shard::publish`]; only multi-shard builds need it).
     fn own_min(&mut self) {
         let mut vmin: [Option<u64>; PriorityClass::COUNT] = [None; PriorityClass::COUNT];
         let mut m = self.pending_mask;
@@ -1586,26 +1584,6 @@ impl Shard {
             }
         }
         self.v_own = vmin;
-    }
-
-    /// Recomputes the per-class minima of changed targets (single-shard builds do not
-    /// publish, but keep `v_own`).
-    fn refresh_tmin(&mut self) {
-        let mut m = self.dirty & self.pending_mask;
-        self.dirty = 0;
-        while m != 0 {
-            let t = m.trailing_zeros() as usize;
-            m &= m - 1;
-            for c in 0..PriorityClass::COUNT {
-                self.tmin[t][c] = match self.share[c * NT + t].as_mut() {
-                    Some(w) if !w.is_empty() => w
-                        .peek(&self.links)
-                        .map(|(n, _)| self.vms[n as usize / 3].start),
-                    _ => None,
-                };
-            }
-        }
-        self.own_min();
     }
 
     /// Caches, per class, the smallest start tag other (live) shards have waiting.
