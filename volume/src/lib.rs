@@ -765,8 +765,7 @@ impl ReactorSched {
     /// Issues request `idx` on `path` from its slot.
     fn issue(&mut self, idx: u32, path: PathId) {
         let p = &self.book.slots[idx as usize];
-        let mut iovs = SgList::new();
-        copy_sg(&mut iovs, &p.iovs);
+        let iovs = SgList::from_slice(&p.iovs);
         let req = IoRequest {
             op: p.op,
             offset_blocks: p.offset_blocks,
