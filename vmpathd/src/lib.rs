@@ -34,12 +34,16 @@ pub(crate) fn build_vm_objects(
     // homed over the paths that will actually serve them (vm-affinity spreads VMs over
     // optimized paths).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    for p in config.paths.iter().filter(|p| p.fabric_path.is_some()) {
+    for (p, route) in config
+        .paths
+        .iter()
+        .filter_map(|p| Some((p, p.fabric_path?)))
+    {
         while std::time::Instant::now() < deadline {
             let connecting = state
                 .nvme
                 .namespace(&p.bdev)
-                .and_then(|ns| ns.path(nvme_paths::PathId(p.fabric_path.unwrap_or(0))))
+                .and_then(|ns| ns.path(nvme_paths::PathId(route)))
                 .is_none_or(|path| path.state() == nvme_paths::PathState::Connecting);
             if !connecting {
                 break;
