@@ -135,14 +135,11 @@ mpath_paths() {
 # stat_field DEV N: field N (1-based) of /sys/block/DEV/stat. For an NVMe multipath head node
 # (bio-based: flushes and discards are counted where they are issued), the sum over its paths.
 stat_field() {
-  local paths
+  local paths p
   paths=$(mpath_paths "$1")
-  if [ -n "$paths" ]; then
-    for p in $paths; do cat "$p/stat"; done | awk -v n="$2" '
-      NF < n { bad = 1 } { sum += $n } END { print bad ? -1 : sum + 0 }'
-  else
-    awk -v n="$2" '{ print (NF >= n) ? $n : -1 }' "/sys/block/$1/stat"
-  fi
+  [ -n "$paths" ] || paths="/sys/block/$1"
+  for p in $paths; do cat "$p/stat"; done | awk -v n="$2" '
+    NF < n { bad = 1 } { sum += $n } END { print bad ? -1 : sum + 0 }'
 }
 
 # irq_counts DEV: "q0=N q1=M ..." from the per-queue MSI-X vectors "virtioX-req.Q".
